@@ -1,0 +1,74 @@
+"""Test set-up shared by every test.
+
+* 8 virtual CPU devices (set before jax is imported), so sharded code runs on a real mesh.
+* ``fixtures_dir``: the reference-fixture folder, from ``REFERENCE_FIXTURES`` (default
+  ``../shared/fixtures`` relative to the repository root).
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _fixtures_root() -> pathlib.Path:
+    raw = os.environ.get("REFERENCE_FIXTURES", "../shared/fixtures")
+    path = pathlib.Path(raw)
+    if not path.is_absolute():
+        path = (REPO_ROOT / path).resolve()
+    return path
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> pathlib.Path:
+    path = _fixtures_root()
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"reference fixture folder {path} does not exist; set REFERENCE_FIXTURES"
+        )
+    return path
+
+
+class Fixture:
+    """One ``NAME.npz`` with its ``NAME.json`` sidecar."""
+
+    def __init__(self, npz_path: pathlib.Path):
+        self.path = npz_path
+        self.meta = json.loads(npz_path.with_suffix(".json").read_text())
+        self._npz = np.load(npz_path)
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self._npz[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._npz.files
+
+    @property
+    def files(self) -> list[str]:
+        return list(self._npz.files)
+
+
+@pytest.fixture(scope="session")
+def load_fixture(fixtures_dir):
+    """``load_fixture("deqir/tiny_unet")`` -> Fixture (arrays + sidecar ``meta``)."""
+    cache: dict[str, Fixture] = {}
+
+    def load(name: str) -> Fixture:
+        if name not in cache:
+            path = fixtures_dir / f"{name}.npz"
+            if not path.is_file():
+                raise FileNotFoundError(f"fixture {path} is missing")
+            cache[name] = Fixture(path)
+        return cache[name]
+
+    return load
