@@ -7,11 +7,17 @@
   ``model.params`` of ``configs/*.yaml``); ``num_head_channels`` fixes the Swin heads (``num_heads`` is
   used only when ``num_head_channels`` is -1).
 * ``diffusion``: the official ``diffusion.params`` (exponential eta schedule, ``schedule_kwargs.power`` = p).
-* ``autoencoder``: which VQ model (``kind`` ``vq_f4`` / ``vq_f8``) with the official ``params``.
+* ``autoencoder``: which VQ model (``kind`` ``vq_f4`` / ``vq_f8``) with the official ``params``, loaded from
+  ``autoencoders/vq_f4.py`` / ``vq_f8.py``.
 * ``checkpoint_name`` / ``checkpoint_url``: the released UNet weights; ``autoencoder.checkpoint_name`` the VQ.
 """
+import pathlib
+
 import ml_collections
 
+from ircore.config_utils import load_config_file
+
+_HERE = pathlib.Path(__file__).parent
 _RELEASE = "https://github.com/zsyOAOA/ResShift/releases/download/v2.0/"
 
 # name: (official yaml, UNet checkpoint, VQ checkpoint, sf, steps, min_noise_level, lq_size, cond_mask, latent ch)
@@ -77,23 +83,20 @@ def _diffusion(sf: int, steps: int, min_noise_level: float) -> ml_collections.Co
     })
 
 
+# VQ checkpoint -> (config file under autoencoders/, its argument)
+_AUTOENCODERS = {
+    "autoencoder_vq_f4.pth": ("vq_f4.py", "imagenet"),
+    "celeba256_vq_f4_dim3_face.pth": ("vq_f4.py", "face"),
+    "ffhq512_vq_f8_dim8_face.pth": ("vq_f8.py", None),
+}
+
+
 def _autoencoder(checkpoint_name: str) -> ml_collections.ConfigDict:
-    if checkpoint_name == "ffhq512_vq_f8_dim8_face.pth":
-        kind, embed_dim, n_embed = "vq_f8", 8, 4096
-        ddconfig = {"double_z": False, "z_channels": 8, "resolution": 512, "in_channels": 3, "out_ch": 3,
-                    "ch": 64, "ch_mult": (1, 2, 4, 8), "num_res_blocks": (1, 2, 3, 4), "attn_resolutions": (),
-                    "dropout": 0.0}
-    else:
-        kind, embed_dim, n_embed = "vq_f4", 3, 8192
-        ddconfig = {"double_z": False, "z_channels": 3, "resolution": 256, "in_channels": 3, "out_ch": 3,
-                    "ch": 128, "ch_mult": (1, 2, 4), "num_res_blocks": 2, "attn_resolutions": (),
-                    "dropout": 0.0}
-    return ml_collections.ConfigDict({
-        "kind": kind,
-        "checkpoint_name": checkpoint_name,
-        "checkpoint_url": _RELEASE + checkpoint_name,
-        "params": {"embed_dim": embed_dim, "n_embed": n_embed, "ddconfig": ddconfig},
-    })
+    file, arg = _AUTOENCODERS[checkpoint_name]
+    cfg = load_config_file(_HERE / "autoencoders" / file, arg)
+    if cfg.checkpoint_name != checkpoint_name:
+        raise ValueError(f"autoencoders/{file} gives {cfg.checkpoint_name}, expected {checkpoint_name}")
+    return cfg
 
 
 def get_config(name: str = "realsr_x4_v3") -> ml_collections.ConfigDict:
