@@ -1,0 +1,150 @@
+"""Saving and restoring parameter trees with orbax, with a JSON metadata record beside them.
+
+A checkpoint is one directory written by orbax's composite checkpointer::
+
+    <directory>/params/      the parameter pytree (orbax StandardSave: OCDBT/zarr arrays)
+    <directory>/metadata/    the metadata dict as JSON (config, provenance, ...)
+
+Atomicity: orbax writes into a temporary sibling directory (``<name>.orbax-checkpoint-tmp-*``) and renames it
+to ``<directory>`` only once every item is complete, so an interrupted save leaves either no ``<directory>``
+or a temporary one that :func:`restore_params` refuses (orbax checks that the path is finalized). With
+``overwrite=True`` the new checkpoint is first written completely under a temporary name and only then swapped
+in for the old one, so a failed save never destroys the existing checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import uuid
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+PARAMS_ITEM = "params"
+METADATA_ITEM = "metadata"
+
+
+def _checkpointer() -> ocp.Checkpointer:
+    return ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+
+
+def _metadata_dict(metadata: Mapping[str, Any] | None) -> dict:
+    if metadata is None:
+        return {}
+    if hasattr(metadata, "to_dict"):  # ml_collections.ConfigDict
+        metadata = metadata.to_dict()
+    if not isinstance(metadata, Mapping):
+        raise ValueError(f"checkpoint metadata must be a dict, got {type(metadata).__name__}")
+    try:
+        return json.loads(json.dumps(dict(metadata)))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"checkpoint metadata is not JSON-serialisable: {err}") from None
+
+
+def _absolute(directory: str | os.PathLike) -> pathlib.Path:
+    return pathlib.Path(directory).expanduser().absolute()
+
+
+def save_params(
+    directory: str | os.PathLike,
+    params: Any,
+    metadata: Mapping[str, Any] | None = None,
+    *,
+    overwrite: bool = False,
+) -> pathlib.Path:
+    """Writes ``params`` (any pytree of arrays) and ``metadata`` (JSON-able dict) to ``directory``.
+
+    Refuses (``FileExistsError``) if ``directory`` exists, unless ``overwrite=True``. Returns the absolute path.
+    Call it on every process of a multi-host job with the same (shared) path.
+    """
+    path = _absolute(directory)
+    meta = _metadata_dict(metadata)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"checkpoint {path} already exists; pass overwrite=True to replace it")
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"checkpoint path {path} exists and is not a directory")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    args = ocp.args.Composite(
+        **{PARAMS_ITEM: ocp.args.StandardSave(params), METADATA_ITEM: ocp.args.JsonSave(meta)}
+    )
+    if not path.exists():
+        _checkpointer().save(path, args=args)
+        return path
+    # Overwrite: write the new checkpoint completely, then swap it in for the old one.
+    token = uuid.uuid4().hex[:8]
+    staged = path.with_name(f"{path.name}.new-{token}")
+    retired = path.with_name(f"{path.name}.old-{token}")
+    try:
+        _checkpointer().save(staged, args=args)
+    except BaseException:
+        if jax.process_index() == 0:
+            for leftover in path.parent.glob(f"{staged.name}*"):
+                shutil.rmtree(leftover, ignore_errors=True)
+        raise
+    if jax.process_index() == 0:
+        os.replace(path, retired)
+        os.replace(staged, path)
+        shutil.rmtree(retired, ignore_errors=True)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # noqa: PLC0415
+
+        multihost_utils.sync_global_devices(f"ircore.checkpoints.save_params:{path}")
+    return path
+
+
+def _check_restorable(path: pathlib.Path) -> None:
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if not path.is_dir():
+        raise ValueError(f"checkpoint {path} is not a directory")
+    if not (path / PARAMS_ITEM).is_dir():
+        raise ValueError(f"{path} is not a parameter checkpoint written by save_params (no '{PARAMS_ITEM}' item)")
+
+
+def restore_params(directory: str | os.PathLike, target: Any = None) -> Any:
+    """Reads the parameter pytree saved by :func:`save_params`.
+
+    Args:
+      directory: the checkpoint directory.
+      target: optional pytree of arrays or ``jax.ShapeDtypeStruct`` (with shardings) giving the structure,
+        dtypes and placement to restore into; without it, arrays come back as saved, on the default devices.
+
+    Raises:
+      FileNotFoundError: the directory does not exist.
+      ValueError: it is not a finished checkpoint written by :func:`save_params`.
+    """
+    path = _absolute(directory)
+    _check_restorable(path)
+    if target is None:
+        try:
+            meta = _checkpointer().metadata(path)
+        except (ValueError, OSError) as err:
+            raise ValueError(f"cannot read checkpoint {path}: {err}") from None
+        tree = meta.item_metadata[PARAMS_ITEM] if hasattr(meta, "item_metadata") else meta[PARAMS_ITEM]
+        target = jax.tree_util.tree_map(
+            lambda m: jax.ShapeDtypeStruct(
+                tuple(m.shape), np.dtype(m.dtype), sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])
+            ),
+            tree,
+        )
+    try:
+        restored = _checkpointer().restore(
+            path, args=ocp.args.Composite(**{PARAMS_ITEM: ocp.args.StandardRestore(target)})
+        )
+    except ValueError as err:
+        raise ValueError(f"cannot restore checkpoint {path}: {err}") from None
+    return restored[PARAMS_ITEM]
+
+
+def restore_metadata(directory: str | os.PathLike) -> dict:
+    """Reads the metadata dict saved by :func:`save_params` (``{}`` if none was given)."""
+    path = _absolute(directory)
+    _check_restorable(path)
+    if not (path / METADATA_ITEM).is_dir():
+        return {}
+    restored = _checkpointer().restore(path, args=ocp.args.Composite(**{METADATA_ITEM: ocp.args.JsonRestore()}))
+    return dict(restored[METADATA_ITEM])
