@@ -1,0 +1,61 @@
+"""Defaults shared by every DeqIR restoration preset (``python -m deqir_jax.sample``).
+
+``get_config(dataset)``: ``dataset`` is ``"imagenet"`` (guided-diffusion 256x256 unconditional prior) or
+``"celeba"`` (the CelebA-HQ DDIM-style prior). The task presets next to this file override ``degradation``.
+"""
+import pathlib
+
+import ml_collections
+
+from ircore.config_utils import load_config_file
+
+_HERE = pathlib.Path(__file__).parent
+PRIORS = {"imagenet": "models/imagenet256_uncond.py", "celeba": "models/celeba_hq.py"}
+
+
+def get_config(dataset: str = "imagenet") -> ml_collections.ConfigDict:
+    if dataset not in PRIORS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(PRIORS)}")
+    cfg = ml_collections.ConfigDict()
+    cfg.dataset = dataset
+    cfg.model = load_config_file(_HERE / PRIORS[dataset]).model
+    cfg.checkpoint = ""  # orbax directory written by `python -m deqir_jax.convert`
+    cfg.image_size = 256
+
+    # Input / output.
+    cfg.input = ""  # an image or a folder of images
+    cfg.input_is_measurement = False  # True: `input` already holds y (e.g. a low-resolution image)
+    cfg.output = "outputs/deqir"
+    cfg.seed = 666  # the official global seed; x_T and z are drawn per image from it
+
+    # Degradation (deqir_jax.operators.make_operator) and measurement noise.
+    cfg.degradation = ml_collections.ConfigDict()
+    cfg.degradation.name = "sr_averagepooling"
+    cfg.degradation.params = ml_collections.ConfigDict({"factor": 4})
+    cfg.degradation.mask = ""  # inpainting: a mask image (white = observed) or a generator name
+    cfg.sigma_y = 0.0  # std of Gaussian noise added to y on [-1, 1] (the official --sigma_y)
+
+    # Sampling chain (official README: --timesteps 25 --etw 0.1, nw 0).
+    cfg.sampler = "parallel"  # "parallel" (joint fixed point) | "sequential" (DDIM + DDNM baseline)
+    cfg.timesteps = 25
+    cfg.nw = 0.0
+    cfg.etw = 0.1
+
+    # Fixed-point solver (official sampling settings: m 5, lambda 1e-3, beta 1, tol 1e-3, 15 evaluations).
+    cfg.solver = ml_collections.ConfigDict()
+    cfg.solver.method = "anderson"  # "anderson" | "picard"
+    cfg.solver.m = 5
+    cfg.solver.lam = 1e-3
+    cfg.solver.beta = 1.0
+    cfg.solver.tol = 1e-3
+    cfg.solver.max_iter = 15
+    cfg.solver.chunk_size = 0  # 0 = every state in one UNet batch; else the largest UNet batch
+
+    # Optional initialisation optimisation of x_T through the implicit gradient.
+    cfg.init_opt = ml_collections.ConfigDict()
+    cfg.init_opt.steps = 0  # 0 = off
+    cfg.init_opt.loss = "measurement"  # "measurement" | "reference" | "ground_truth"
+    cfg.init_opt.reference = ""
+    cfg.init_opt.learning_rate = 2e-5
+    cfg.init_opt.gradient = "implicit"  # "implicit" | "phantom"
+    return cfg
