@@ -7,8 +7,6 @@ Part 2 (``test_fixture_*_with_networks``) runs the real tiny Swin-UNet and VQ th
 """
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -282,3 +280,118 @@ def test_restore_pipeline_shapes_padding_and_clamp():
     assert seen["enc"] == (1, 16, 16, 3) and seen["lq"] == (1, 8, 8, 3)
     assert float(out.max()) <= 1.0 and float(out.min()) >= -1.0
     assert float(jnp.mean(jnp.abs(out) == 1.0)) > 0.1  # decode * 3 saturates: clamp was applied
+
+
+# ------------------------------------------------------------- fixtures with the real tiny networks
+def _fixture_name(meta_value: str | None, default: str) -> str:
+    """'unet_tiny_realsr.npz (same weights)' -> 'resshift/unet_tiny_realsr'."""
+    name = (meta_value or default).split()[0]
+    return "resshift/" + name.removesuffix(".npz")
+
+
+def _state_dict(fx) -> dict[str, np.ndarray]:
+    return {k[len("sd/"):]: fx[k] for k in fx.files if k.startswith("sd/")}
+
+
+@pytest.fixture(scope="module")
+def networks(load_fixture):
+    """``networks(fx)`` -> (model_fn, encode_fn, decode_fn) built from the weight fixtures that ``fx`` names,
+    converted with the models' own ``convert_torch_state_dict``; built once per weight pair."""
+    from resshift_jax.models import unet_swin, vq
+
+    cache = {}
+
+    def build(fx):
+        names = (_fixture_name(fx.meta.get("unet_fixture"), "unet_tiny_realsr"),
+                 _fixture_name(fx.meta.get("vq_fixture"), "vq_tiny_f4"))
+        if names in cache:
+            return cache[names]
+        ufx, vfx = load_fixture(names[0]), load_fixture(names[1])
+        ucfg, vcfg = ufx.meta["constructor_kwargs"], vfx.meta["constructor_kwargs"]
+        unet_params = unet_swin.convert_torch_state_dict(_state_dict(ufx), ucfg)
+        vq_params = vq.convert_torch_state_dict(_state_dict(vfx), vcfg)
+        unet, ae = unet_swin.model_from_config(ucfg), vq.model_from_config(vcfg)
+
+        def model_fn(x_in, t, lq):
+            return unet.apply({"params": unet_params}, x_in, t, lq)
+
+        def encode_fn(x):
+            return ae.apply({"params": vq_params}, x, method=vq.VQModel.encode)
+
+        def decode_fn(z):
+            return ae.apply({"params": vq_params}, z, method=vq.VQModel.decode)
+
+        cache[names] = (model_fn, encode_fn, decode_fn)
+        return cache[names]
+
+    return build
+
+
+def _report(name, got, want):
+    err = float(np.max(np.abs(np.asarray(got) - want)))
+    print(f"{name}: max abs err {err:.3g}")
+    return err
+
+
+@pytest.mark.slow
+def test_fixture_sampling_with_networks(sampling, networks):
+    fx = sampling
+    sched = _sched(fx)
+    model_fn, encode_fn, decode_fn = networks(fx)
+    y = jnp.asarray(nhwc(fx["in/y"]))
+    noise_T, step_noises = jnp.asarray(nhwc(fx["in/noise_T"])), jnp.asarray(nhwc(fx["in/step_noise"]))
+
+    @jax.jit
+    def run(y, noise_T, step_noises):
+        z_y = dif.encode_first_stage(encode_fn, sched, y, up_sample=True)
+        z0, inter = dif.sample(model_fn, sched, z_y, y, noise_T, step_noises=step_noises,
+                               return_intermediates=True)
+        return z_y, z0, inter, dif.decode_first_stage(decode_fn, sched, z0)
+
+    z_y, z0, inter, x0 = run(y, noise_T, step_noises)
+    _report("z_y", z_y, nhwc(fx["mid/z_y"]))
+    np.testing.assert_allclose(np.asarray(z_y), nhwc(fx["mid/z_y"]), rtol=RTOL_NET, atol=ATOL_STEPS)
+    for key in dif.INTERMEDIATE_KEYS:
+        want = nhwc(fx[f"mid/{key}"])
+        for i in range(want.shape[0]):  # step by step, t = T-1..0
+            _report(f"{key}[{i}]", inter[key][i], want[i])
+            np.testing.assert_allclose(np.asarray(inter[key][i]), want[i], rtol=RTOL_NET, atol=ATOL_STEPS,
+                                       err_msg=f"mid/{key} at iteration {i}")
+    _report("z0", z0, nhwc(fx["out/z0"]))
+    np.testing.assert_allclose(np.asarray(z0), nhwc(fx["out/z0"]), rtol=RTOL_NET, atol=ATOL_STEPS)
+    _report("x0", x0, nhwc(fx["out/x0"]))
+    np.testing.assert_allclose(np.asarray(x0), nhwc(fx["out/x0"]), rtol=RTOL_NET, atol=ATOL_STEPS)
+
+    # The one-call pipeline gives the same image, clamped like the official sampler.
+    restored = jax.jit(lambda y, a, b: dif.restore(model_fn, sched, y, encode_fn=encode_fn, decode_fn=decode_fn,
+                                                   noise_T=a, step_noises=b))(y, noise_T, step_noises)
+    np.testing.assert_allclose(np.asarray(restored), np.clip(nhwc(fx["out/x0"]), -1, 1), rtol=RTOL_NET,
+                               atol=ATOL_STEPS)
+
+
+@pytest.mark.slow
+def test_fixture_training_loss_with_networks(trainloss, networks):
+    fx = trainloss
+    sched = _sched(fx)
+    model_fn, encode_fn, decode_fn = networks(fx)
+    x_start, y = jnp.asarray(nhwc(fx["in/x_start"])), jnp.asarray(nhwc(fx["in/y"]))
+    t, noise = jnp.asarray(fx["in/t"]), jnp.asarray(nhwc(fx["in/noise"]))
+
+    @jax.jit
+    def run(x_start, y, t, noise):
+        out = dif.image_training_loss(model_fn, encode_fn, sched, x_start, y, t, noise)
+        weighted = dif.training_loss(model_fn, sched, out["z_start"], out["z_y"], t, noise, y, weighted=True)
+        return out, weighted["mse"], dif.decode_first_stage(decode_fn, sched, out["pred_zstart"])
+
+    out, mse_weighted, decoded = run(x_start, y, t, noise)
+    for key, fkey in [("z_start", "mid/z_start"), ("z_y", "mid/z_y"), ("z_t", "mid/z_t"),
+                      ("model_in", "mid/model_in"), ("pred_zstart", "mid/pred_zstart")]:
+        _report(key, out[key], nhwc(fx[fkey]))
+        np.testing.assert_allclose(np.asarray(out[key]), nhwc(fx[fkey]), rtol=RTOL_NET, atol=ATOL_STEPS,
+                                   err_msg=fkey)
+    _report("mse", out["mse"], fx["out/mse"])
+    np.testing.assert_allclose(np.asarray(out["mse"]), fx["out/mse"], rtol=RTOL_NET)
+    np.testing.assert_allclose(np.asarray(mse_weighted), fx["out/mse_weighted"], rtol=RTOL_NET)
+    _report("x0_pred_decoded", decoded, nhwc(fx["out/x0_pred_decoded"]))
+    np.testing.assert_allclose(np.asarray(decoded), nhwc(fx["out/x0_pred_decoded"]), rtol=RTOL_NET,
+                               atol=ATOL_STEPS)
