@@ -1,0 +1,39 @@
+"""ImageNet 128x128 class-conditional guided-diffusion model (4 heads of varying width, no num_head_channels).
+
+Checkpoint ``128x128_diffusion.pt`` from openai/guided-diffusion. Model flags of its README:
+
+    --attention_resolutions 32,16,8 --class_cond True --diffusion_steps 1000 --image_size 128
+    --learn_sigma True --noise_schedule linear --num_channels 256 --num_heads 4 --num_res_blocks 2
+    --resblock_updown True --use_fp16 True --use_scale_shift_norm True
+
+``channel_mult=''`` takes guided-diffusion's default for the image size; ``attention_resolutions`` are pixel
+sizes (converted to downsample rates by the model builder); unset flags are ``model_and_diffusion_defaults()``
+values. ``dtype='float16'`` mirrors the released ``--use_fp16 True``; ``'bfloat16'`` is the usual choice on TPU.
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    cfg = ml_collections.ConfigDict()
+    cfg.checkpoint_name = "128x128_diffusion.pt"
+    cfg.model = ml_collections.ConfigDict(
+        dict(
+            arch="adm",
+            image_size=128,
+            num_channels=256,
+            num_res_blocks=2,
+            channel_mult="",
+            attention_resolutions="32,16,8",
+            num_heads=4,
+            num_head_channels=-1,
+            num_heads_upsample=-1,
+            use_scale_shift_norm=True,
+            resblock_updown=True,
+            learn_sigma=True,
+            class_cond=True,
+            dropout=0.0,
+            use_new_attention_order=False,
+            dtype="float16",
+        )
+    )
+    return cfg
