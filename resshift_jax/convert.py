@@ -1,0 +1,139 @@
+"""Convert released ResShift weights (UNet or VQ autoencoder ``.pth``) into orbax checkpoints.
+
+A model needs two conversions, one per network::
+
+    python -m resshift_jax.convert --src weights/resshift_realsrx4_s4_v3.pth \
+        --config configs/resshift/realsr_x4_v3.py --out checkpoints/realsr_x4_v3/unet
+    python -m resshift_jax.convert --src weights/autoencoder_vq_f4.pth \
+        --config configs/resshift/realsr_x4_v3.py --out checkpoints/realsr_x4_v3/autoencoder
+
+``--part unet|autoencoder`` picks the network; by default (``auto``) it is recognised from the checkpoint's
+keys. The sampler then finds them with ``--config.unet_checkpoint=checkpoints/realsr_x4_v3/unet
+--config.autoencoder_checkpoint=checkpoints/realsr_x4_v3/autoencoder`` (see ``resshift_jax.sample``).
+
+The mapping is strict (the model modules' ``convert_torch_state_dict``): every unused checkpoint key, every
+missing parameter and every shape mismatch is reported; stored Swin buffers are checked against the
+recomputed ones. :func:`convert_checkpoint` does the same from Python.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import jax
+import ml_collections
+import numpy as np
+
+from ircore import checkpoints, torch_convert
+from resshift_jax.models import unet_swin, vq
+
+PARTS = ("unet", "autoencoder")
+_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _strip(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _PREFIXES:
+            if key.startswith(prefix):
+                key, changed = key[len(prefix):], True
+    return key
+
+
+def detect_part(state: Mapping[str, Any]) -> str:
+    """``"unet"`` or ``"autoencoder"`` from the state-dict names (UNet: ``input_blocks.*``; VQ: ``encoder.*``)."""
+    names = {_strip(k).split(".", 1)[0] for k in state}
+    is_unet = "input_blocks" in names and "out" in names
+    is_vq = "encoder" in names and "decoder" in names
+    if is_unet == is_vq:
+        sample = ", ".join(sorted(names)[:8])
+        raise ValueError(f"cannot tell whether the checkpoint is a UNet or an autoencoder (top-level names: "
+                         f"{sample}); pass --part unet or --part autoencoder")
+    return "unet" if is_unet else "autoencoder"
+
+
+def section(config: ml_collections.ConfigDict, part: str) -> ml_collections.ConfigDict:
+    """The config section that describes ``part`` (``config.model`` or ``config.autoencoder``)."""
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {PARTS}, got {part!r}")
+    name = "model" if part == "unet" else "autoencoder"
+    if name not in config:
+        raise ValueError(f"config has no {name!r} section (needed to convert the {part})")
+    return config[name]
+
+
+def convert_state_dict(state: Mapping[str, np.ndarray], config: ml_collections.ConfigDict, part: str) -> dict:
+    """State dict -> Flax params of the UNet (``config.model``) or the VQ autoencoder (``config.autoencoder``)."""
+    if part == "unet":
+        return unet_swin.convert_torch_state_dict(state, section(config, part))
+    return vq.convert_torch_state_dict(state, section(config, part))
+
+
+def convert_checkpoint(
+    src: str | os.PathLike,
+    config: ml_collections.ConfigDict,
+    out: str | os.PathLike | None = None,
+    *,
+    part: str = "auto",
+    overwrite: bool = False,
+) -> dict:
+    """Reads ``src`` (``.pth``/``.pt``/``.ckpt``/``.npz``), maps it strictly onto the UNet or the autoencoder of
+    ``config`` and, if ``out`` is given, saves it with :func:`ircore.checkpoints.save_params`.
+
+    ``part``: ``"unet"``, ``"autoencoder"`` or ``"auto"`` (recognised from the keys). The metadata records the
+    source file, the part, the config name and the network's config section. Returns the parameter tree
+    (numpy float32). Raises ``ConversionError`` for any key / shape problem, ``FileExistsError`` if ``out``
+    exists and ``overwrite`` is False.
+    """
+    state = torch_convert.load_torch_state_dict(src, strip_prefixes=_PREFIXES)
+    if part == "auto":
+        part = detect_part(state)
+    elif part not in PARTS:
+        raise ValueError(f"part must be 'auto' or one of {PARTS}, got {part!r}")
+    params = convert_state_dict(state, config, part)
+    if out is not None:
+        metadata = {
+            "source": os.fspath(src),
+            "part": part,
+            "config_name": config.get("name", ""),
+            part: section(config, part).to_dict(),
+        }
+        checkpoints.save_params(out, params, metadata=metadata, overwrite=overwrite)
+    return params
+
+
+def count_params(params: Any) -> int:
+    """Number of scalars in a parameter tree."""
+    return int(sum(np.prod(np.shape(leaf)) for leaf in jax.tree_util.tree_leaves(params)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    import sys
+
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    flags.DEFINE_string("src", None, "released checkpoint (.pth/.pt/.ckpt/.npz)", required=True)
+    flags.DEFINE_string("out", None, "output directory for the orbax checkpoint", required=True)
+    flags.DEFINE_enum("part", "auto", ("auto",) + PARTS, "which network the checkpoint holds")
+    flags.DEFINE_bool("overwrite", False, "replace an existing checkpoint at --out")
+    config_flags.DEFINE_config_file("config", None, "ResShift config file (configs/resshift/*.py)")
+
+    def run(_):
+        cfg = flags.FLAGS.config
+        if cfg is None:
+            raise app.UsageError("--config is required")
+        try:
+            params = convert_checkpoint(flags.FLAGS.src, cfg, flags.FLAGS.out, part=flags.FLAGS.part,
+                                        overwrite=flags.FLAGS.overwrite)
+        except (FileNotFoundError, FileExistsError, ValueError) as err:  # ConversionError is a ValueError
+            print(f"resshift_jax.convert: error: {' '.join(str(err).split())}", file=sys.stderr)
+            sys.exit(1)
+        print(f"wrote {count_params(params):,} parameters to {flags.FLAGS.out}")
+
+    app.run(run, argv=argv)
+
+
+if __name__ == "__main__":
+    main()
