@@ -1,0 +1,267 @@
+"""Training and validation images: TFDS ``data_source`` or image folders -> grain -> process-local batches.
+
+ResShift trains on high-quality (HQ) crops only; the low-quality input is synthesised on the accelerator
+inside the train step. So a batch here is ``{"hq": uint8 (rows, crop, crop, 3)}``.
+
+Order and randomness depend only on the seed and the position: element ``i`` of the endless stream is image
+``shuffle_epoch(i // N)[i % N]`` (grain re-shuffles every epoch) with a random crop / flip drawn from a
+generator seeded by ``(seed, i)``. Global batch ``s`` is elements ``s*B .. s*B + B - 1``; a process loads only
+its rows of it (:func:`ircore.trainer.local_batch_rows`). A run resumed at step ``s`` therefore sees exactly
+the batches an uninterrupted run would, with any number of processes, workers or threads.
+
+Sources (``data`` config section, see :func:`default_config`):
+
+* ``source="tfds"``: ``tfds.data_source(tfds_name, split=..., data_dir=...)`` (any builder prepared in the
+  ``array_record`` format; ``image_key`` names the image feature);
+* ``source="folder"``: every image file below ``folder`` (recursively), or the paths listed one per line in a
+  ``.txt`` file (the official ``path_train_all.txt`` style).
+
+Crops (the Real-ESRGAN data set with ``rescale_gt``): a random square of side ``max(min(h, w), crop_size)``
+(reflect-padded when the image is smaller), area-resized to ``crop_size``; random horizontal flip.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Any, Callable, Iterator, Sequence
+
+import grain
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from ircore.images import IMAGE_EXTENSIONS
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The ``data`` section: a training source and a held-out validation source."""
+    source = {
+        "source": "folder",  # "folder" or "tfds"
+        "folder": "",  # folder (searched recursively) or .txt file list
+        "tfds_name": "",
+        "tfds_split": "train",
+        "tfds_data_dir": None,
+        "image_key": "image",
+    }
+    return ml_collections.ConfigDict({
+        **source,
+        "crop_size": 256,
+        "rescale": True,  # square crop of side max(min(h, w), crop_size), area-resized to crop_size
+        "hflip": True,
+        "num_workers": 0,  # grain worker processes (0 = in the main process)
+        "num_threads": 4,  # reader threads per process / worker
+        "prefetch": 4,  # batches buffered ahead
+        "eval": {**source, "tfds_split": "validation", "num_images": 8, "batch": 8},
+    })
+
+
+# ----------------------------------------------------------------------------------------------- sources
+def _to_rgb_uint8(image: Any) -> np.ndarray:
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3:
+        raise ValueError(f"expected an HWC image, got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        if np.issubdtype(arr.dtype, np.floating):
+            raise ValueError(f"expected 8-bit images from the data source, got dtype {arr.dtype}")
+        arr = (arr.astype(np.float64) * 255.0 / np.iinfo(arr.dtype).max).round().astype(np.uint8)
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    elif arr.shape[-1] == 4:
+        arr = arr[..., :3]
+    if arr.shape[-1] != 3:
+        raise ValueError(f"expected 1, 3 or 4 channels, got {arr.shape[-1]}")
+    return arr
+
+
+def list_image_files(location: str | os.PathLike) -> list[str]:
+    """Image files below a folder (recursive, sorted) or listed in a ``.txt`` file (relative to it)."""
+    path = pathlib.Path(location).expanduser()
+    if not str(location):
+        raise ValueError("data folder is not set (config data.folder)")
+    if not path.exists():
+        raise FileNotFoundError(f"image folder or list {path} does not exist")
+    if path.is_file():
+        if path.suffix.lower() != ".txt":
+            raise ValueError(f"{path} is neither a folder nor a .txt list of image paths")
+        files = []
+        for line in path.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                p = pathlib.Path(line).expanduser()
+                files.append(str(p if p.is_absolute() else path.parent / p))
+    else:
+        files = sorted(str(p) for p in path.rglob("*")
+                       if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    if not files:
+        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {path}")
+    return files
+
+
+class ImageFileSource:
+    """Random-access source over image files: ``source[i] = {"image": uint8 (H, W, 3)}`` (picklable)."""
+
+    def __init__(self, files: Sequence[str]):
+        self.files = list(files)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict:
+        path = self.files[index]
+        try:
+            with Image.open(path) as im:
+                return {"image": _to_rgb_uint8(np.asarray(im.convert("RGB")))}
+        except (OSError, SyntaxError) as err:
+            raise ValueError(f"cannot read training image {path}: {err}") from None
+
+    def __repr__(self) -> str:
+        return f"ImageFileSource({len(self.files)} files)"
+
+
+class _FeatureSource:
+    """Keeps only the image feature of a TFDS record (picklable, so grain workers can use it)."""
+
+    def __init__(self, source: Any, image_key: str):
+        self.source = source
+        self.image_key = image_key
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.source[index]
+        if self.image_key not in record:
+            raise ValueError(f"TFDS record has no feature {self.image_key!r}; it has {sorted(record)}")
+        return {"image": _to_rgb_uint8(record[self.image_key])}
+
+
+def open_source(cfg: Any) -> Any:
+    """The random-access source described by a ``data`` (or ``data.eval``) config section."""
+    kind = cfg.source
+    if kind == "folder":
+        return ImageFileSource(list_image_files(cfg.folder))
+    if kind == "tfds":
+        import tensorflow_datasets as tfds  # noqa: PLC0415 (heavy import, only when used)
+
+        if not cfg.tfds_name:
+            raise ValueError("data.tfds_name is not set")
+        try:
+            source = tfds.data_source(cfg.tfds_name, split=cfg.tfds_split, data_dir=cfg.tfds_data_dir,
+                                      download=False)
+        except Exception as err:  # noqa: BLE001 (tfds raises many kinds; give one clear message)
+            first = " ".join(str(err).split())[:300]
+            raise ValueError(f"cannot open TFDS data set {cfg.tfds_name!r} split {cfg.tfds_split!r} in "
+                             f"{cfg.tfds_data_dir or 'the default data_dir'}: {first}") from None
+        return _FeatureSource(source, cfg.image_key)
+    raise ValueError(f"data.source must be 'folder' or 'tfds', got {kind!r}")
+
+
+# ----------------------------------------------------------------------------------------------- crops
+def _area_resize(image: np.ndarray, size: int) -> np.ndarray:
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.BOX))
+
+
+def random_crop(image: np.ndarray, rng: np.random.Generator, *, crop_size: int, rescale: bool = True,
+                hflip: bool = True) -> np.ndarray:
+    """uint8 (H, W, 3) -> uint8 (crop_size, crop_size, 3): reflect-pad if small, random square crop (side
+    ``max(min(h, w), crop_size)`` if ``rescale`` else ``crop_size``), area resize, random horizontal flip."""
+    side = max(min(image.shape[:2]), crop_size) if rescale else crop_size
+    pad_h, pad_w = max(side - image.shape[0], 0), max(side - image.shape[1], 0)
+    if pad_h or pad_w:
+        mode = "reflect" if pad_h < image.shape[0] and pad_w < image.shape[1] else "symmetric"
+        image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode=mode)
+    top = int(rng.integers(0, image.shape[0] - side + 1))
+    left = int(rng.integers(0, image.shape[1] - side + 1))
+    out = _area_resize(np.ascontiguousarray(image[top:top + side, left:left + side]), crop_size)
+    if hflip and rng.random() < 0.5:
+        out = out[:, ::-1]
+    return np.ascontiguousarray(out)
+
+
+def center_crop(image: np.ndarray, crop_size: int) -> np.ndarray:
+    """Deterministic crop for validation: centre square of side ``min(h, w)``, area-resized to ``crop_size``."""
+    side = min(image.shape[:2])
+    top, left = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
+    if side < crop_size:
+        raise ValueError(f"validation image of size {image.shape[:2]} is smaller than crop_size {crop_size}")
+    return _area_resize(np.ascontiguousarray(image[top:top + side, left:left + side]), crop_size)
+
+
+class _Crop(grain.transforms.RandomMap):
+    def __init__(self, crop_size: int, rescale: bool, hflip: bool):
+        self.crop_size, self.rescale, self.hflip = crop_size, rescale, hflip
+
+    def random_map(self, element: dict, rng: np.random.Generator) -> np.ndarray:
+        return random_crop(element["image"], rng, crop_size=self.crop_size, rescale=self.rescale, hflip=self.hflip)
+
+
+class _GatherRows:
+    """step -> {"hq": stack of elements step*B + r for r in rows} (picklable for worker processes)."""
+
+    def __init__(self, elements: grain.MapDataset, global_batch: int, rows: tuple[int, int]):
+        self.elements, self.global_batch, self.rows = elements, global_batch, rows
+
+    def __call__(self, step: int) -> dict:
+        base = int(step) * self.global_batch
+        return {"hq": np.stack([self.elements[base + r] for r in range(*self.rows)])}
+
+
+# ----------------------------------------------------------------------------------------------- pipelines
+def _ensure_absl_flags_parsed() -> None:
+    """grain's worker processes read absl flags; outside an absl app nobody has parsed them."""
+    from absl import flags  # noqa: PLC0415
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def element_stream(source: Any, cfg: Any, seed: int) -> grain.MapDataset:
+    """The endless, per-epoch shuffled stream of random HQ crops (random access by position)."""
+    if len(source) == 0:
+        raise ValueError("the training data source is empty")
+    return (grain.MapDataset.source(source).seed(int(seed)).shuffle().repeat(None)
+            .random_map(_Crop(int(cfg.crop_size), bool(cfg.rescale), bool(cfg.hflip))))
+
+
+def make_train_batches(
+    cfg: Any, *, seed: int, global_batch: int, rows: tuple[int, int], source: Any = None,
+) -> Callable[[int], Iterator[dict]]:
+    """``batches(start_step)`` -> iterator of ``{"hq": uint8 (rows[1] - rows[0], crop, crop, 3)}``.
+
+    ``rows`` is this process's slice of the global batch. Uses ``cfg.num_workers`` grain worker processes,
+    ``cfg.num_threads`` reader threads and a ``cfg.prefetch``-batch buffer.
+    """
+    if not 0 <= rows[0] < rows[1] <= global_batch:
+        raise ValueError(f"rows {rows} are not a slice of a global batch of {global_batch}")
+    elements = element_stream(open_source(cfg) if source is None else source, cfg, seed)
+    gather = _GatherRows(elements, int(global_batch), (int(rows[0]), int(rows[1])))
+
+    def batches(start_step: int) -> Iterator[dict]:
+        steps = grain.MapDataset.range(int(start_step), 2**62).map(gather)
+        ds = steps.to_iter_dataset(grain.ReadOptions(num_threads=max(int(cfg.num_threads), 1),
+                                                     prefetch_buffer_size=max(int(cfg.prefetch), 1)))
+        if int(cfg.num_workers) > 0:
+            _ensure_absl_flags_parsed()
+            ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(cfg.num_workers),
+                                                             per_worker_buffer_size=max(int(cfg.prefetch), 1)))
+        return iter(ds)
+
+    return batches
+
+
+def load_eval_images(cfg: Any, crop_size: int) -> np.ndarray:
+    """The first ``cfg.num_images`` images of the held-out source, centre-cropped: uint8 (N, crop, crop, 3)."""
+    source = open_source(cfg)
+    n = min(int(cfg.num_images), len(source))
+    if n == 0:
+        raise ValueError("the validation data source is empty")
+    return np.stack([center_crop(source[i]["image"], crop_size) for i in range(n)])
+
+
+def hq_to_float(hq: Any) -> Any:
+    """uint8 images -> float32 in [-1, 1] (numpy or jax)."""
+    return hq.astype("float32") / 127.5 - 1.0
