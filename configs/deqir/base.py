@@ -25,7 +25,10 @@ def get_config(dataset: str = "imagenet") -> ml_collections.ConfigDict:
     # Input / output.
     cfg.input = ""  # an image or a folder of images
     cfg.input_is_measurement = False  # True: `input` already holds y (e.g. a low-resolution image)
+    cfg.reference = ""  # ground truth for metrics when `input` holds measurements
+    cfg.resize = "center_crop"  # "center_crop" (short side to image_size, centre crop) | "none" (must fit)
     cfg.output = "outputs/deqir"
+    cfg.overwrite = False  # never replace earlier results unless asked
     cfg.seed = 666  # the official global seed; x_T and z are drawn per image from it
 
     # Degradation (deqir_jax.operators.make_operator) and measurement noise.

@@ -1,0 +1,153 @@
+"""One-call DeqIR restoration: schedule + coefficients + solve, for the CLI, benchmarks and research code.
+
+    out = restore(eps_fn, op, y, x_T, z, RestoreSettings(timesteps=25, etw=0.1))
+    out.x0            # (1, H, W, C) restored image in [-1, 1] (not clamped)
+
+``sampler="parallel"`` solves the joint fixed point over all T states (one batched eps call per map
+evaluation, the time axis sharded over ``sharding``); ``"sequential"`` runs the T-step DDIM + DDNM chain.
+Both are pure functions of arrays; :func:`make_restore_fn` jit-compiles one for fixed settings.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+
+from deqir_jax import anderson, fixed_point, schedule, sequential
+
+Array = jax.Array
+EpsFn = Callable[[Array, Array], Array]
+
+SAMPLERS = ("parallel", "sequential")
+SOLVERS = ("anderson", "picard")
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoreSettings:
+    """Static settings of a restoration run (hashable: one compile per distinct value).
+
+    Defaults are the official sampling settings (README example ``--timesteps 25 --etw 0.1``; Anderson
+    m 5, lambda 1e-3, beta 1, tol 1e-3, at most 15 map evaluations).
+    """
+
+    timesteps: int = 25
+    nw: float = 0.0
+    etw: float = 0.1
+    sampler: str = "parallel"
+    solver: str = "anderson"
+    m: int = 5
+    lam: float = 1e-3
+    beta: float = 1.0
+    tol: float = 1e-3
+    max_iter: int = 15
+    chunk_size: int | None = None
+    use_svd: bool = True
+
+    def __post_init__(self):
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
+        if self.timesteps < 1:
+            raise ValueError(f"timesteps must be >= 1, got {self.timesteps}")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1 or None, got {self.chunk_size}")
+
+
+class RestoreOutput(NamedTuple):
+    """x0: (1, H, W, C) result; states: (T, H, W, C) every state of the chain (last row = x0);
+    n_evals: () map evaluations (sequential: T single-image steps); residuals: (max_iter,) relative
+    residual per evaluation, NaN padded (sequential: all NaN); abs_residuals: the same, absolute; status: () solver status code
+    (:data:`deqir_jax.anderson.STATUS_NAMES`; sequential: converged)."""
+
+    x0: Array
+    states: Array
+    n_evals: Array
+    residuals: Array
+    abs_residuals: Array
+    status: Array
+
+
+def chain_schedule(timesteps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(t, abar(t), abar(next_t)) of the official T-step chain, noisiest first (numpy constants)."""
+    abar_pad = schedule.abar_padded(schedule.linear_betas())
+    t, t_next = schedule.timestep_sequence(timesteps)
+    return t.astype(np.int32), abar_pad[t + 1], abar_pad[t_next + 1]
+
+
+def nfe(settings: RestoreSettings, n_evals: int) -> int:
+    """Single-image network evaluations: parallel = evaluations x chain length; sequential = T."""
+    if settings.sampler == "sequential":
+        return int(n_evals)
+    length = len(schedule.timestep_sequence(settings.timesteps)[0])
+    return int(n_evals) * length
+
+
+def restore(
+    eps_fn: EpsFn,
+    op: Any,
+    y: Array,
+    x_T: Array,
+    z: Array,
+    settings: RestoreSettings,
+    *,
+    sharding: NamedSharding | None = None,
+    init_states: Array | None = None,
+) -> RestoreOutput:
+    """Restores one image from its measurement.
+
+    eps_fn(x (N,H,W,C), t (N,) int32) -> (N,H,W,C'>=C); op: operator (deqir_jax.operators);
+    y: measurement in the operator layout with batch 1; x_T, z: (1, H, W, C) initial noise and the fixed
+    noise image; sharding: optional time-axis sharding (ircore.mesh.time_sharding) of the states;
+    init_states: optional warm start (T, H, W, C) (default: x_T repeated, as the official code).
+    """
+    if x_T.ndim != 4 or x_T.shape[0] != 1:
+        raise ValueError(f"x_T must be one NHWC image (1, H, W, C), got {tuple(x_T.shape)}")
+    t, at, at_next = chain_schedule(settings.timesteps)
+    T = len(t)
+    if settings.sampler == "sequential":
+        seq = sequential.sequential_sample(
+            eps_fn, op, x_T, y, z, t, at, at_next, nw=settings.nw, etw=settings.etw
+        )
+        states = seq.states[:, 0]
+        no_history = jnp.full((settings.max_iter,), jnp.nan, states.dtype)
+        return RestoreOutput(
+            x0=seq.x0, states=states, n_evals=jnp.int32(T), residuals=no_history, abs_residuals=no_history,
+            status=jnp.int32(anderson.CONVERGED),
+        )
+    coefs = fixed_point.make_coefficients(
+        op, x_T, y, z, t, at, at_next, nw=settings.nw, etw=settings.etw, use_svd=settings.use_svd
+    )
+
+    def f(X):
+        return fixed_point.deq_map(eps_fn, op, coefs, X, chunk_size=settings.chunk_size, sharding=sharding)
+
+    X0 = fixed_point.initial_states(x_T, T) if init_states is None else init_states
+    if settings.solver == "anderson":
+        res = anderson.anderson_solve(
+            f, X0, m=settings.m, lam=settings.lam, beta=settings.beta, tol=settings.tol,
+            max_iter=settings.max_iter, state_sharding=sharding,
+        )
+    else:
+        res = anderson.picard_solve(f, X0, tol=settings.tol, max_iter=settings.max_iter, state_sharding=sharding)
+    return RestoreOutput(
+        x0=res.solution[-1:], states=res.solution, n_evals=res.n_evals, residuals=res.residuals,
+        abs_residuals=res.abs_residuals, status=res.status,
+    )
+
+
+def make_restore_fn(
+    model: Any, settings: RestoreSettings, *, sharding: NamedSharding | None = None
+) -> Callable[[Any, Any, Array, Array, Array], RestoreOutput]:
+    """``fn(params, op, y, x_T, z) -> RestoreOutput``, jit-compiled once per shape for ``model``."""
+
+    @jax.jit
+    def fn(params, op, y, x_T, z):
+        eps_fn = fixed_point.eps_fn_from_model(model, params)
+        return restore(eps_fn, op, y, x_T, z, settings, sharding=sharding)
+
+    return fn
