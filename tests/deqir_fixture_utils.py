@@ -1,0 +1,125 @@
+"""Shared helpers for the DeqIR sampler tests: reading the sampling / inversion fixtures.
+
+Everything is read from the fixture files and their sidecars: operator (``degradations.npz`` entry named in
+the sidecar), eps model (tiny UNet, plain or "wrapped" as the sidecar's ``eps_model`` says), schedule
+arrays, weights nw/etw and tolerances. Fixture arrays are NCHW; they are transposed to NHWC here only.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from deqir_jax import operators as ops
+from deqir_jax.models import adm
+
+SAMPLING_CASES = ("sr2_eta0", "deblur_gauss_etw0.1", "inpaint_noise")
+
+
+def nhwc(a) -> np.ndarray:
+    """NCHW (or (1, C, H, W) / (T, C, H, W)) fixture array -> NHWC numpy."""
+    return np.moveaxis(np.asarray(a), 1, -1)
+
+
+def parse_tol(text: str, kind: str = "atol") -> float:
+    """First ``atol X`` / ``rtol X`` in a sidecar tolerance sentence."""
+    match = re.search(rf"{kind}\s*([0-9.]+(?:[eE][-+]?[0-9]+)?)", text)
+    if not match:
+        raise ValueError(f"no {kind} in sidecar tolerance {text!r}")
+    return float(match.group(1))
+
+
+def operator_from_degradations(deg, key: str) -> ops.LinearOperator:
+    """The operator of ``degradations.json`` entry ``key``, with the npz's masks / permutations."""
+    info = deg.meta["operators"][key]
+    cls, params = info["class"], dict(info["params"])
+    image_size = tuple(int(s) for s in deg["x"].shape[-2:])
+    name = re.sub(r"_x\d+$", "", key)
+    kwargs: dict[str, Any] = {}
+    if cls == "SuperResolution":
+        kwargs["factor"] = params["ratio"]
+    elif cls == "SRConv":
+        kwargs["factor"] = params["stride"]
+    elif cls in ("Deblurring", "Deblurring2D"):
+        kwargs.update(params)
+        kwargs["singular_perm"] = deg[f"{key}/perm"]
+    elif cls == "Inpainting":
+        kwargs["mask"] = deg[f"{key}/mask"]
+    elif cls == "WalshHadamardCS":
+        kwargs["ratio"] = params["ratio"]
+        kwargs["perm"] = deg[f"{key}/perm"]
+    return ops.make_operator(name, image_size, **kwargs)
+
+
+def load_tiny_unet(load_fixture) -> tuple[Any, Any]:
+    """(model, params) of ``tiny_unet.npz`` through the user-facing converter."""
+    fx = load_fixture("deqir/tiny_unet")
+    cfg = adm.config_from_create_model_kwargs(fx.meta["constructor_kwargs"])
+    state = {k[len("param/"):]: fx[k] for k in fx.files if k.startswith("param/")}
+    return adm.model_from_config(cfg), adm.convert_torch_state_dict(state, cfg)
+
+
+def make_eps_apply(model, description: str, abar_padded) -> Callable:
+    """``eps_apply(params, x, t)`` as the sidecar's ``eps_model`` describes: the plain tiny UNet, or
+    the "wrapped" model sqrt(1-ab) x / (v ab + 1 - ab) + sqrt(ab) unet(x, t)[..., :3] (prior variance v)."""
+    if description.startswith("unet"):
+        return lambda params, x, t: model.apply({"params": params}, x, t)
+    if description.startswith("wrapped"):
+        match = re.search(r"ab_t\s*\*\s*([0-9.]+)", description)
+        if not match:
+            raise ValueError(f"cannot read the prior variance from {description!r}")
+        var = float(match.group(1))
+
+        def eps_apply(params, x, t):
+            ab = jnp.asarray(abar_padded, x.dtype)[t + 1][:, None, None, None]
+            out = model.apply({"params": params}, x, t)[..., :3].astype(x.dtype)
+            return jnp.sqrt(1 - ab) * x / (ab * var + 1 - ab) + jnp.sqrt(ab) * out
+
+        return eps_apply
+    raise ValueError(f"unknown eps model {description!r}")
+
+
+class SamplingCase(NamedTuple):
+    fx: Any
+    meta: dict
+    op: ops.LinearOperator
+    eps_apply: Callable
+    params: Any
+    x_T: jnp.ndarray  # (1, H, W, C)
+    y: jnp.ndarray  # operator layout, batch 1
+    z: jnp.ndarray
+    t: jnp.ndarray
+    at: jnp.ndarray
+    at_next: jnp.ndarray
+    nw: float
+    etw: float
+    T: int
+
+
+def load_sampling_case(load_fixture, name: str, tiny=None) -> SamplingCase:
+    fx = load_fixture(f"deqir/deqir_sampling_{name}")
+    deg = load_fixture("deqir/degradations")
+    sched = load_fixture("deqir/schedule")
+    case = fx.meta["case"]
+    model, params = tiny if tiny is not None else load_tiny_unet(load_fixture)
+    op = operator_from_degradations(deg, case["operator_key"])
+    return SamplingCase(
+        fx=fx, meta=fx.meta, op=op,
+        eps_apply=make_eps_apply(model, fx.meta["eps_model"], sched["abar_padded"]),
+        params=params,
+        x_T=jnp.asarray(nhwc(fx["x_T"])), y=ops.official_vector_to_y(op, jnp.asarray(fx["y"])),
+        z=jnp.asarray(nhwc(fx["z"])), t=jnp.asarray(fx["t"], jnp.int32),
+        at=jnp.asarray(fx["at"]), at_next=jnp.asarray(fx["at_next"]),
+        nw=float(case["nw"]), etw=float(case["etw"]), T=int(case["T"]),
+    )
+
+
+def maxabs(a, b) -> float:
+    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+
+
+def to_dtype(tree, dtype):
+    return jax.tree.map(lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, tree)
