@@ -368,6 +368,14 @@ def test_config_values_match_official(realsr_spec):
         pipeline.RealESRGANSpec.from_config(bad)
     with pytest.raises(ValueError, match="too small"):
         s.check_input((8, 64))
+    bad = _config("realsr_x4")
+    bad.jpeg_range2 = (30.0, 120.0)
+    with pytest.raises(ValueError, match="jpeg_range"):
+        pipeline.RealESRGANSpec.from_config(bad)
+    bad = _config("realsr_x4")
+    bad.jpeg_tables = "mozjpeg"
+    with pytest.raises(ValueError, match="jpeg_tables"):
+        pipeline.RealESRGANSpec.from_config(bad)
 
 
 def test_parameter_distributions(realsr_spec):
@@ -482,6 +490,8 @@ def test_pipeline_ranges_over_many_keys(realsr_spec, degrade_jit):
         assert np.abs(levels - np.round(levels)).max() < 1e-4
     with pytest.raises(ValueError, match="batch"):
         pipeline.realesrgan_degrade(jax.random.key(0), hq[0], realsr_spec)
+    with pytest.raises(ValueError, match="float"):
+        pipeline.realesrgan_degrade(jax.random.key(0), jnp.zeros((1, 64, 64, 3), jnp.uint8), realsr_spec)
 
 
 def test_bicubic_degrade():

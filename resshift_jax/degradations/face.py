@@ -148,6 +148,8 @@ def face_degrade(key: jax.Array, gt: jax.Array, spec: FaceSpec) -> tuple[jax.Arr
     Sample i uses ``jax.random.split(key, B)[i]``. Jit with ``spec`` static."""
     if gt.ndim != 4 or gt.shape[-1] != 3:
         raise ValueError(f"expected an (B, H, W, 3) RGB batch, got shape {gt.shape}")
+    if not jnp.issubdtype(gt.dtype, jnp.floating):
+        raise ValueError(f"expected float images in [-1, 1], got dtype {gt.dtype}")
     keys = jax.random.split(key, gt.shape[0])
     lq, gt01 = jax.vmap(lambda k, x: face_degrade_single(k, x, spec))(keys, (gt.astype(jnp.float32) + 1) * 0.5)
     return (lq * 2 - 1).astype(gt.dtype), (gt01 * 2 - 1).astype(gt.dtype)

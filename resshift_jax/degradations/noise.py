@@ -46,9 +46,10 @@ def poisson_noise(key: jax.Array, image: jax.Array, scale, gray, valid_hw=None) 
     x = image.astype(jnp.float32)
     color = _round8(x)
     luma = _round8(jnp.sum(x * jnp.asarray(GRAY_WEIGHTS, jnp.float32), axis=-1, keepdims=True))
-    vals = jnp.concatenate([jnp.broadcast_to(_levels_to_vals(color, weight), color.shape),
-                            jnp.broadcast_to(_levels_to_vals(luma, weight), luma.shape)], axis=-1)
-    base = jnp.concatenate([color, luma], axis=-1)
+    # one Poisson draw: gray noise uses channel 0 (carrying the luma) for all channels
+    base = jnp.where(gray, jnp.concatenate([luma, color[..., 1:]], axis=-1), color)
+    vals_color = _levels_to_vals(color, weight)
+    vals = jnp.stack([jnp.where(gray, _levels_to_vals(luma, weight), vals_color), vals_color, vals_color])
     shot = jax.random.poisson(key, base * vals, dtype=jnp.int32).astype(jnp.float32) / vals - base
-    noise = jnp.where(gray, shot[..., -1:], shot[..., :-1]) * jnp.asarray(scale, jnp.float32)
+    noise = jnp.where(gray, shot[..., :1], shot) * jnp.asarray(scale, jnp.float32)
     return jnp.clip(x + noise, 0.0, 1.0).astype(image.dtype)

@@ -103,6 +103,24 @@ class RealESRGANSpec:
     jpeg_chroma_upsampling: str = "nearest"
     jpeg_pad: str = "zeros"
 
+    def __post_init__(self):
+        if self.sf < 1:
+            raise ValueError(f"sf must be >= 1, got {self.sf}")
+        for name in ("final_sinc_prob", "second_order_prob", "second_blur_prob", "final_resize_first_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        for stage in (self.stage1, self.stage2):
+            if stage.resize_range[0] <= 0 or not stage.resize_range[0] <= 1.0 <= stage.resize_range[1]:
+                raise ValueError(f"resize_range must satisfy 0 < low <= 1 <= high, got {stage.resize_range}")
+            if not 1.0 <= stage.jpeg_range[0] <= stage.jpeg_range[1] <= 100.0:
+                raise ValueError(f"jpeg_range must lie in [1, 100], got {stage.jpeg_range}")
+        if self.jpeg_tables not in jpeg_lib.TABLE_MODES:
+            raise ValueError(f"jpeg_tables must be one of {jpeg_lib.TABLE_MODES}, got {self.jpeg_tables!r}")
+        if self.jpeg_chroma_upsampling not in ("nearest", "fancy"):
+            raise ValueError(f"jpeg_chroma_upsampling must be 'nearest' or 'fancy', got {self.jpeg_chroma_upsampling!r}")
+        if self.jpeg_pad not in ("zeros", "edge"):
+            raise ValueError(f"jpeg_pad must be 'zeros' or 'edge', got {self.jpeg_pad!r}")
+
     @classmethod
     def from_config(cls, cfg: Any) -> "RealESRGANSpec":
         """From ``configs/resshift/degradation_realesrgan.py`` (a ConfigDict or mapping with the official keys)."""
@@ -304,6 +322,8 @@ def realesrgan_degrade(key: jax.Array, hq: jax.Array, spec: RealESRGANSpec) -> j
     (values 2 k / 255 - 1). Sample i uses ``jax.random.split(key, B)[i]``. Jit with ``spec`` static."""
     if hq.ndim != 4:
         raise ValueError(f"expected an (B, H, W, 3) RGB batch, got shape {hq.shape}")
+    if not jnp.issubdtype(hq.dtype, jnp.floating):
+        raise ValueError(f"expected float images in [-1, 1], got dtype {hq.dtype}")
     keys = jax.random.split(key, hq.shape[0])
     lq = realesrgan_degrade_unit(keys, (hq.astype(jnp.float32) + 1.0) * 0.5, spec)
     return (lq * 2.0 - 1.0).astype(hq.dtype)
