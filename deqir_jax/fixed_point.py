@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
+from deqir_jax.anderson import SolverResult, anderson_solve, picard_solve
 from ircore.mesh import constrain, num_shards, pad_to_multiple, padded_length, unpad
 
 Array = jax.Array
@@ -152,12 +153,12 @@ def batched_eps(
     (rounded up to a multiple of the shard count); sharding splits each call's rows over devices.
     Padding rows are zeros at t = 0 and are discarded.
     """
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     R, C = x.shape[0], x.shape[-1]
     out_dtype = jnp.promote_types(x.dtype, jnp.float32)
     shards = num_shards(sharding)
     chunk = padded_length(R if chunk_size is None else min(int(chunk_size), R), shards)
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     n_chunks = -(-R // chunk)
     xp = pad_to_multiple(x, chunk)
     tp = pad_to_multiple(t.astype(jnp.int32), chunk)
@@ -245,3 +246,37 @@ def eps_fn_from_model(model: Any, params: Any) -> EpsFn:
         return model.apply({"params": params}, x, t)
 
     return eps_fn
+
+
+def solve_parallel(
+    eps_fn: EpsFn,
+    op: Operator,
+    coefs: DeqCoefficients,
+    *,
+    solver: str = "anderson",
+    m: int = 5,
+    lam: float = 1e-3,
+    beta: float = 1.0,
+    tol: float = 1e-3,
+    max_iter: int = 15,
+    x_init: Array | None = None,
+    chunk_size: int | None = None,
+    sharding: NamedSharding | None = None,
+) -> SolverResult:
+    """DeqIR sampling: solve X = deq_map(X) and return the :class:`~deqir_jax.anderson.SolverResult`
+    (jit-able; wrap it in ``jax.jit`` with the model parameters as arguments).
+
+    Defaults are the official effective settings (Anderson m 5, lam 1e-3, beta 1, tol 1e-3, at most 15
+    map evaluations, initial guess x_T repeated). ``solver="picard"`` iterates the map (exact after T
+    evaluations). The restored image is ``result.solution[-1:]`` (1, H, W, C); check
+    ``result.status`` / :func:`deqir_jax.anderson.check_result` on the host.
+    """
+    T = coefs.t.shape[0]
+    x0 = initial_states(coefs.x_T, T) if x_init is None else x_init
+    f = lambda X: deq_map(eps_fn, op, coefs, X, chunk_size=chunk_size, sharding=sharding)
+    if solver == "anderson":
+        return anderson_solve(f, x0, m=m, lam=lam, beta=beta, tol=tol, max_iter=max_iter,
+                                       state_sharding=sharding)
+    if solver == "picard":
+        return picard_solve(f, x0, tol=tol, max_iter=max_iter, state_sharding=sharding)
+    raise ValueError(f"unknown solver {solver!r}; expected 'anderson' or 'picard'")

@@ -146,6 +146,20 @@ def test_chunked_model_calls_give_the_same_map():
         assert calls == [min(chunk, 10)]  # one traced call of the bounded batch size
 
 
+def test_solve_parallel_entry_point():
+    p = _problem(T=5)
+    coefs = fp.make_coefficients(p["op"], p["x_T"], p["y"], p["z"], p["t"], p["at"], p["at_next"], etw=0.1)
+    seq = sequential.sequential_sample(p["eps"], p["op"], p["x_T"], p["y"], p["z"], p["t"], p["at"],
+                                       p["at_next"], etw=0.1)
+    picard = fp.solve_parallel(p["eps"], p["op"], coefs, solver="picard", tol=0.0, max_iter=5)
+    assert maxabs(picard.solution, seq.states[:, 0]) < 1e-4
+    res = fp.solve_parallel(p["eps"], p["op"], coefs, tol=1e-6, max_iter=30, lam=1e-8)
+    assert int(res.status) in (anderson.CONVERGED, anderson.MAX_ITER)
+    assert maxabs(res.solution[-1:], seq.x0) < 1e-3
+    with pytest.raises(ValueError, match="unknown solver 'broyden'"):
+        fp.solve_parallel(p["eps"], p["op"], coefs, solver="broyden")
+
+
 def test_bad_inputs_raise():
     p = _problem()
     coefs = fp.make_coefficients(p["op"], p["x_T"], p["y"], p["z"], p["t"], p["at"], p["at_next"])
