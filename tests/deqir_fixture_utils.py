@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, NamedTuple
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -120,6 +119,3 @@ def load_sampling_case(load_fixture, name: str, tiny=None) -> SamplingCase:
 def maxabs(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 
-
-def to_dtype(tree, dtype):
-    return jax.tree.map(lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, tree)

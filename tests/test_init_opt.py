@@ -20,7 +20,7 @@ import optax
 import pytest
 
 from deqir_fixture_utils import load_tiny_unet, make_eps_apply, maxabs, nhwc, operator_from_degradations, parse_tol
-from deqir_jax import fixed_point as fp, init_opt, operators as ops, schedule
+from deqir_jax import init_opt, operators as ops, schedule
 
 PATH_ATOL = 2e-2  # xt_pred vs fixture (20x the sidecar atol; measured 7.5e-3 / 3.6e-3 in float32)
 PATH_LOSS_RTOL = 1e-2  # loss vs fixture (measured 2.4e-3 / 1.7e-3 in float32)
