@@ -10,6 +10,8 @@
 * ``autoencoder``: which VQ model (``kind`` ``vq_f4`` / ``vq_f8``) with the official ``params``, loaded from
   ``autoencoders/vq_f4.py`` / ``vq_f8.py``.
 * ``checkpoint_name`` / ``checkpoint_url``: the released UNet weights; ``autoencoder.checkpoint_name`` the VQ.
+* training sections (``task``, ``train``, ``loss``, ``lpips``, ``data``, ``degradation``, checkpoints to start
+  from), read by ``python -m resshift_jax.train``: see ``training.py``.
 """
 import pathlib
 
@@ -112,4 +114,6 @@ def get_config(name: str = "realsr_x4_v3") -> ml_collections.ConfigDict:
     cfg.diffusion = _diffusion(sf, steps, min_noise)
     cfg.autoencoder = _autoencoder(vq_ckpt)
     cfg.padding_offset = lq_size  # the official sampler pads the LQ image to a multiple of this
+    for key, value in load_config_file(_HERE / "training.py", name).items():  # train/data/loss/... sections
+        cfg[key] = value
     return cfg

@@ -1,0 +1,285 @@
+r"""Training ResShift: the loss and step on top of :mod:`ircore.trainer`, and the command line.
+
+    python -m resshift_jax.train --config configs/resshift/realsr_x4_v3.py --workdir DIR \
+        --config.data.folder=/data/hq_images --config.autoencoder_checkpoint=ckpt/vq_f4 \
+        --config.lpips.vgg_weights=vgg16-397923af.pth --config.lpips.lin_weights=vgg.pth [--config.x=y ...]
+
+One train step (jitted once over the ``("data", "fsdp")`` mesh) does, per micro-batch of HQ crops in [-1, 1]:
+
+1. the LQ input on the accelerator: Real-ESRGAN (``realsr``), MATLAB bicubic (``bicsr``), LaMa masks
+   (``inpaint``) or the GFPGAN face degradation (``faceir``) from :mod:`resshift_jax.degradations`;
+2. the frozen VQ encoder: ``z_0 = E(hq)``, ``z_y = E(bicubic_up(lq))`` (no gradient);
+3. ``t ~ U{0..T-1}``, ``eps ~ N(0, I)``, ``z_t = q_sample``; the UNet (``train.compute_dtype``, float32 master
+   weights) predicts ``z_0``; MSE per sample (:func:`resshift_jax.diffusion.training_loss`);
+4. journal recipe: ``x0 = D(z0_hat)`` through the frozen (quantising, straight-through) decoder and
+   ``LPIPS-VGG(clip(x0), hq)``; ``loss = mean(mse_weight * mse + lpips_weight * lpips)``, a non-finite LPIPS
+   counting as 0 (as the official trainer does).
+
+The VQ comes from ``autoencoder_checkpoint`` (orbax folder from ``resshift_jax.convert`` or a ``.pth``); the
+UNet starts from ``unet_checkpoint`` if given, else from a random initialisation. Validation (every
+``train.eval_every`` steps): the EMA UNet restores the held-out ``data.eval`` images (LQ made with a fixed
+key), PSNR / SSIM on the Y channel and a few sample images go to the logs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ircore import checkpoints, lpips, metrics, trainer
+from ircore.mesh import initialize_distributed
+from resshift_jax import data, diffusion
+from resshift_jax.models import unet_swin, vq
+from resshift_jax.schedule import Schedule, make_schedule
+
+TASKS = ("realsr", "bicsr", "inpaint", "faceir")
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+class TrainSetupError(ValueError):
+    """A user-facing configuration problem (missing weights, bad task, ...)."""
+
+
+def _dtype(name: str) -> Any:
+    if name not in _DTYPES:
+        raise TrainSetupError(f"unknown dtype {name!r}; expected one of {sorted(_DTYPES)}")
+    return _DTYPES[name]
+
+
+# ----------------------------------------------------------------------------------------------- pieces
+def schedule_from_config(cfg: Any) -> Schedule:
+    d = cfg.diffusion
+    return make_schedule(
+        steps=d.steps, min_noise_level=d.min_noise_level, etas_end=d.etas_end, kappa=d.kappa,
+        power=d.schedule_kwargs.power, schedule_name=d.schedule_name, timestep_respacing=d.timestep_respacing,
+        predict_type=d.predict_type, normalize_input=d.normalize_input, latent_flag=d.latent_flag,
+        scale_factor=d.scale_factor, sf=d.sf, weighted_mse=d.weighted_mse,
+    )
+
+
+def _load_part(path: str, part: str, cfg: Any) -> Any:
+    """Parameters from an orbax folder (``resshift_jax.convert`` output) or a torch ``.pth`` file."""
+    p = pathlib.Path(path).expanduser()
+    if not p.exists():
+        raise TrainSetupError(f"{part} checkpoint {p} does not exist")
+    if p.is_file():
+        from resshift_jax import convert  # noqa: PLC0415 (torch only needed here)
+
+        return convert.convert_checkpoint(p, cfg, part=part)
+    try:
+        return checkpoints.restore_params(p)
+    except (FileNotFoundError, ValueError) as err:
+        raise TrainSetupError(f"cannot read the {part} checkpoint {p}: {' '.join(str(err).split())}") from None
+
+
+def load_frozen(cfg: Any) -> dict:
+    """Host parameters of the frozen networks: ``{"vq": ..., "lpips": ... (only with an LPIPS term)}``."""
+    use_lpips = cfg.loss.lpips_weight > 0
+    if not (cfg.autoencoder_checkpoint or cfg.autoencoder_random_init):
+        raise TrainSetupError("no autoencoder given: pass --config.autoencoder_checkpoint=DIR (convert the "
+                              "released VQ .pth with python -m resshift_jax.convert)")
+    if use_lpips and not (cfg.lpips.vgg_weights or cfg.lpips.random_init):
+        raise TrainSetupError(
+            "the loss has an LPIPS term but no weights: pass --config.lpips.vgg_weights=vgg16-397923af.pth "
+            "and --config.lpips.lin_weights=vgg.pth (lpips v0.1), or set --config.loss.lpips_weight=0")
+    if cfg.autoencoder_checkpoint:
+        vq_params = _load_part(cfg.autoencoder_checkpoint, "autoencoder", cfg)
+    else:
+        vq_params = jax.jit(lambda key: vq.init_params(cfg.autoencoder, key))(jax.random.key(1))
+    frozen = {"vq": jax.device_get(vq_params)}
+    if use_lpips:
+        if cfg.lpips.vgg_weights:
+            frozen["lpips"] = lpips.load_torch_weights(cfg.lpips.vgg_weights, cfg.lpips.lin_weights or None)
+        else:
+            frozen["lpips"] = jax.device_get(jax.jit(lpips.init_params)(jax.random.key(2)))
+    return frozen
+
+
+def make_degrade(cfg: Any) -> Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array, dict]]:
+    """``(key, hq) -> (target, lq, cond)``: the HQ target, the LQ image (both [-1, 1]) and the UNet condition
+    ``{"lq": ..., "mask": ... or None}`` for the configured task."""
+    task = cfg.task
+    if task not in TASKS:
+        raise TrainSetupError(f"unknown task {task!r}; expected one of {TASKS}")
+    from resshift_jax import degradations  # noqa: PLC0415
+
+    sf = int(cfg.diffusion.sf)
+    if task == "bicsr":
+        return lambda key, hq: (hq, degradations.bicubic_degrade(hq, sf), None)
+    if task == "realsr":
+        spec = degradations.RealESRGANSpec.from_config(cfg.degradation)
+        if spec.sf != sf:
+            raise TrainSetupError(f"degradation.sf {spec.sf} differs from diffusion.sf {sf}")
+        return lambda key, hq: (hq, degradations.realesrgan_degrade(key, hq, spec), None)
+    if task == "inpaint":
+        spec = degradations.LamaMaskSpec.from_config(cfg.degradation)
+
+        def inpaint(key, hq):
+            masks = degradations.lama_masks(key, hq.shape[0], hq.shape[1:3], spec)
+            lq, mask = degradations.inpainting_inputs(hq, masks)
+            return hq, lq, mask
+
+        return inpaint
+    spec = degradations.FaceSpec.from_config(cfg.degradation)
+
+    def face(key, hq):
+        lq, gt = degradations.face_degrade(key, hq, spec)
+        return gt, lq, None
+
+    return face
+
+
+def _networks(cfg: Any) -> tuple[unet_swin.UNetModelSwin, vq.VQModel]:
+    unet = unet_swin.model_from_config(cfg, dtype=_dtype(cfg.train.compute_dtype))
+    autoencoder = vq.model_from_config(cfg.autoencoder, dtype=_dtype(cfg.train.frozen_dtype))
+    return unet, autoencoder
+
+
+def make_loss_fn(cfg: Any) -> trainer.LossFn:
+    """``(params, frozen, batch, key) -> (loss, {"mse", "lpips"?})`` for one micro-batch ``{"hq": uint8}``."""
+    unet, autoencoder = _networks(cfg)
+    sched = schedule_from_config(cfg)
+    degrade = make_degrade(cfg)
+    mse_weight, lpips_weight = float(cfg.loss.mse_weight), float(cfg.loss.lpips_weight)
+    lpips_dtype = _dtype(cfg.train.frozen_dtype)
+    steps = sched.num_timesteps
+
+    def loss_fn(params, frozen, batch, key):
+        hq = data.hq_to_float(batch["hq"])
+        k_deg, k_t, k_noise = jax.random.split(key, 3)
+        target, lq, mask = degrade(k_deg, hq)
+
+        def encode(x):
+            return autoencoder.apply({"params": frozen["vq"]}, x, method=vq.VQModel.encode).astype(jnp.float32)
+
+        z_y = jax.lax.stop_gradient(diffusion.encode_first_stage(encode, sched, lq, up_sample=True))
+        z_0 = jax.lax.stop_gradient(diffusion.encode_first_stage(encode, sched, target))
+        t = jax.random.randint(k_t, (hq.shape[0],), 0, steps)
+        noise = jax.random.normal(k_noise, z_0.shape, jnp.float32)
+
+        def model_fn(x, tt, cond):
+            lq_c, mask_c = cond
+            return unet.apply({"params": params}, x, tt, lq=lq_c, mask=mask_c).astype(jnp.float32)
+
+        out = diffusion.training_loss(model_fn, sched, z_0, z_y, t, noise, (lq, mask))
+        per_sample = mse_weight * out["mse"]
+        aux = {"mse": jnp.mean(out["mse"])}
+        if lpips_weight > 0:
+            x0 = autoencoder.apply({"params": frozen["vq"]}, out["pred_zstart"], method=vq.VQModel.decode)
+            dist = lpips.lpips_distance(frozen["lpips"], jnp.clip(x0.astype(jnp.float32), -1, 1), target,
+                                        dtype=lpips_dtype)
+            dist = jnp.where(jnp.isfinite(dist), dist, 0.0)
+            per_sample = per_sample + lpips_weight * dist
+            aux["lpips"] = jnp.mean(dist)
+        return jnp.mean(per_sample), aux
+
+    return loss_fn
+
+
+def init_params_fn(cfg: Any) -> Callable[[jax.Array], Any]:
+    """``key -> UNet params``: from ``unet_checkpoint`` when given, else a random initialisation."""
+    unet, _ = _networks(cfg)
+    if cfg.unet_checkpoint:
+        loaded = jax.device_get(_load_part(cfg.unet_checkpoint, "unet", cfg))
+        shapes = unet_swin.param_shapes(unet)
+        if jax.tree_util.tree_structure(loaded) != jax.tree_util.tree_structure(shapes):
+            raise TrainSetupError(f"unet_checkpoint {cfg.unet_checkpoint} does not fit config.model")
+        return lambda key: jax.tree_util.tree_map(jnp.asarray, loaded)
+    return lambda key: unet_swin.init_params(unet, key)
+
+
+def make_eval_fn(cfg: Any, tr: trainer.Trainer) -> Optional[trainer.EvalFn]:
+    """EMA restoration of the held-out images -> (``{"psnr_y", "ssim_y"}``, ``{"lq", "restored", "hq"}``)."""
+    if not cfg.train.eval_every:
+        return None
+    unet, autoencoder = _networks(cfg)
+    sched = schedule_from_config(cfg)
+    degrade = make_degrade(cfg)
+    hq = jnp.asarray(data.hq_to_float(data.load_eval_images(cfg.data.eval, int(cfg.data.crop_size))))
+    key = jax.random.key(int(cfg.train.eval_seed))
+    target, lq, mask = jax.jit(degrade)(jax.random.fold_in(key, 0), hq)
+
+    @jax.jit
+    def restore(params, frozen, lq, mask):
+        def model_fn(x, tt, cond):
+            return unet.apply({"params": params}, x, tt, lq=cond[0], mask=cond[1]).astype(jnp.float32)
+
+        def encode(x):
+            return autoencoder.apply({"params": frozen["vq"]}, x, method=vq.VQModel.encode).astype(jnp.float32)
+
+        def decode(z):
+            return autoencoder.apply({"params": frozen["vq"]}, z, method=vq.VQModel.decode).astype(jnp.float32)
+
+        return diffusion.restore(model_fn, sched, lq, encode_fn=encode, decode_fn=decode,
+                                 key=jax.random.fold_in(key, 1), cond=(lq, mask))
+
+    def eval_fn(state):
+        out = restore(state.ema_params, tr.frozen, lq, mask)
+        a, b = (out + 1) / 2, (target + 1) / 2
+        scores = {"psnr_y": float(jnp.mean(metrics.psnr(jnp.clip(a, 0, 1), b, y_channel=True))),
+                  "ssim_y": float(jnp.mean(metrics.ssim(jnp.clip(a, 0, 1), b, y_channel=True)))}
+        n = min(4, out.shape[0])
+        images = {"restored": np.asarray(out[:n]), "hq": np.asarray(target[:n]), "lq": np.asarray(lq[:n])}
+        return scores, images
+
+    return eval_fn
+
+
+def build_trainer(cfg: Any, workdir: str | os.PathLike, *, print_fn: Any = print) -> trainer.Trainer:
+    """The :class:`ircore.trainer.Trainer` for a ResShift config (models, frozen VQ / LPIPS, loss, eval)."""
+    tr = trainer.Trainer(
+        cfg.train, workdir,
+        init_params=init_params_fn(cfg),
+        loss_fn=make_loss_fn(cfg),
+        frozen=load_frozen(cfg),
+        metadata={"config": json.loads(cfg.to_json_best_effort())},
+        print_fn=print_fn,
+    )
+    tr.eval_fn = make_eval_fn(cfg, tr)
+    return tr
+
+
+def train(cfg: Any, workdir: str | os.PathLike, *, print_fn: Any = print) -> trainer.TrainState:
+    """Builds everything from ``cfg`` and trains (resuming from ``workdir`` if it holds checkpoints)."""
+    workdir = pathlib.Path(workdir)
+    tr = build_trainer(cfg, workdir, print_fn=print_fn)
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
+    batches = data.make_train_batches(cfg.data, seed=int(cfg.train.seed), global_batch=tr.global_batch,
+                                      rows=tr.local_rows)
+    return tr.fit(batches)
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+def main(argv: list[str] | None = None) -> None:
+    from absl import app, flags  # noqa: PLC0415
+    from ml_collections import config_flags  # noqa: PLC0415
+
+    config_flag = config_flags.DEFINE_config_file("config", None, "ResShift config file (configs/resshift/*.py)",
+                                                  lock_config=True)
+    workdir_flag = flags.DEFINE_string("workdir", None, "folder for checkpoints and logs (resumes if present)")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+    def run(_):
+        from absl import logging  # noqa: PLC0415
+
+        if not flags.FLAGS["verbosity"].present:  # orbax logs every save step at INFO
+            logging.set_verbosity(logging.WARNING)
+        initialize_distributed()
+        try:
+            train(config_flag.value, workdir_flag.value)
+        except TrainSetupError as err:
+            raise SystemExit(f"error: {err}") from None
+
+    app.run(run, argv=argv)
+
+
+if __name__ == "__main__":
+    main()
