@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 
-from deqir_jax import anderson, fixed_point, schedule, sequential
+from deqir_jax import anderson, fixed_point, init_opt, schedule, sequential
 
 Array = jax.Array
 EpsFn = Callable[[Array, Array], Array]
@@ -123,17 +123,11 @@ def restore(
         op, x_T, y, z, t, at, at_next, nw=settings.nw, etw=settings.etw, use_svd=settings.use_svd
     )
 
-    def f(X):
-        return fixed_point.deq_map(eps_fn, op, coefs, X, chunk_size=settings.chunk_size, sharding=sharding)
-
-    X0 = fixed_point.initial_states(x_T, T) if init_states is None else init_states
-    if settings.solver == "anderson":
-        res = anderson.anderson_solve(
-            f, X0, m=settings.m, lam=settings.lam, beta=settings.beta, tol=settings.tol,
-            max_iter=settings.max_iter, state_sharding=sharding,
-        )
-    else:
-        res = anderson.picard_solve(f, X0, tol=settings.tol, max_iter=settings.max_iter, state_sharding=sharding)
+    res = fixed_point.solve_parallel(
+        eps_fn, op, coefs, solver=settings.solver, m=settings.m, lam=settings.lam, beta=settings.beta,
+        tol=settings.tol, max_iter=settings.max_iter, x_init=init_states, chunk_size=settings.chunk_size,
+        sharding=sharding,
+    )
     return RestoreOutput(
         x0=res.solution[-1:], states=res.solution, n_evals=res.n_evals, residuals=res.residuals,
         abs_residuals=res.abs_residuals, status=res.status,
@@ -149,5 +143,26 @@ def make_restore_fn(
     def fn(params, op, y, x_T, z):
         eps_fn = fixed_point.eps_fn_from_model(model, params)
         return restore(eps_fn, op, y, x_T, z, settings, sharding=sharding)
+
+    return fn
+
+
+def make_init_opt_fn(
+    model: Any, settings: RestoreSettings, opt: init_opt.InitOptConfig, loss: str,
+    *, sharding: NamedSharding | None = None,
+) -> Callable[..., init_opt.InitOptResult]:
+    """``fn(params, op, y, x_T, z, target) -> InitOptResult``: optimises x_T for the chain of ``settings``
+    (loss ``"measurement"`` ignores ``target``; ``"reference"`` / ``"oracle"`` compare x0 with it)."""
+    t, at, at_next = chain_schedule(settings.timesteps)
+
+    @jax.jit
+    def fn(params, op, y, x_T, z, target):
+        eps_fn = fixed_point.eps_fn_from_model(model, params)
+        problem = init_opt.Problem(y=y, z=z, t=jnp.asarray(t), at=jnp.asarray(at), at_next=jnp.asarray(at_next))
+        loss_fn = init_opt.make_loss(loss, op=op, y=y, target=target)
+        return init_opt.optimize_init(
+            eps_fn, op, x_T, problem, loss_fn, opt, nw=settings.nw, etw=settings.etw,
+            use_svd=settings.use_svd, sharding=sharding,
+        )
 
     return fn

@@ -26,9 +26,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from deqir_jax import anderson, masks, models
+from deqir_jax import anderson, init_opt, masks, models
 from deqir_jax import operators as ops
-from deqir_jax.restore import RestoreSettings, make_restore_fn, nfe
+from deqir_jax.restore import RestoreSettings, make_init_opt_fn, make_restore_fn, nfe
 from ircore import checkpoints, images, mesh, metrics
 
 OUTPUT_FILES = ("restored.png", "measurement.png", "metrics.json", "convergence.png")
@@ -41,6 +41,15 @@ def settings_from_config(cfg: ml_collections.ConfigDict) -> RestoreSettings:
         timesteps=int(cfg.timesteps), nw=float(cfg.nw), etw=float(cfg.etw), sampler=cfg.sampler,
         solver=cfg.solver.method, m=int(cfg.solver.m), lam=float(cfg.solver.lam),
         beta=float(cfg.solver.beta), tol=float(cfg.solver.tol), max_iter=int(cfg.solver.max_iter),
+        chunk_size=int(cfg.solver.chunk_size) or None,
+    )
+
+
+def init_opt_from_config(cfg: ml_collections.ConfigDict) -> init_opt.InitOptConfig:
+    """x_T optimisation settings of a preset (``cfg.init_opt``; official Adam lr 2e-5)."""
+    c = cfg.init_opt
+    return init_opt.InitOptConfig(
+        gradient=c.gradient, lr=float(c.learning_rate), n_epochs=int(c.steps), early_stop=float(c.early_stop),
         chunk_size=int(cfg.solver.chunk_size) or None,
     )
 
@@ -155,6 +164,9 @@ def restore_files(cfg: ml_collections.ConfigDict, params: Any | None = None, *, 
     size = int(cfg.image_size)
     sharding = mesh.time_sharding(mesh.make_mesh()) if settings.sampler == "parallel" else None
     restore_fn = make_restore_fn(model, settings, sharding=sharding)
+    opt_fn = None
+    if int(cfg.init_opt.steps) > 0:
+        opt_fn = make_init_opt_fn(model, settings, init_opt_from_config(cfg), cfg.init_opt.loss, sharding=sharding)
     op = build_operator(cfg, (size, size))
     reference_file = cfg.reference
     results = []
@@ -172,6 +184,15 @@ def restore_files(cfg: ml_collections.ConfigDict, params: Any | None = None, *, 
         x_T = jax.random.normal(key_xt, (1, size, size, 3), jnp.float32)
         z = jax.random.normal(key_z, (1, size, size, 3), jnp.float32)
         start = time.perf_counter()
+        opt_record = {}
+        if opt_fn is not None:
+            target = _init_opt_target(cfg, reference, size)
+            opt = jax.block_until_ready(opt_fn(params, op, y, x_T, z, target))
+            x_T = opt.best_x_T
+            n_opt = int(opt.n_epochs)
+            opt_record = {"init_opt": {"loss": cfg.init_opt.loss, "gradient": cfg.init_opt.gradient,
+                                       "epochs": n_opt, "best_loss": float(opt.best_loss),
+                                       "losses": [float(v) for v in np.asarray(opt.losses)[:n_opt]]}}
         out = jax.block_until_ready(restore_fn(params, op, y, x_T, z))
         wall = time.perf_counter() - start
         anderson.check_result(out)  # one-line SolverDivergedError on NaN / divergence
@@ -191,6 +212,7 @@ def restore_files(cfg: ml_collections.ConfigDict, params: Any | None = None, *, 
             "wall_time_s": wall,
             "consistency_l2": float(jnp.sqrt(jnp.sum((op.A(out.x0) - y) ** 2))),
             "sigma_y": float(cfg.sigma_y),
+            **opt_record,
         }
         if reference is not None:
             ref01 = (reference + 1.0) / 2.0
@@ -208,6 +230,22 @@ def restore_files(cfg: ml_collections.ConfigDict, params: Any | None = None, *, 
         write_json(folder / "metrics.json", record)
         results.append(record)
     return results
+
+
+def _init_opt_target(cfg: ml_collections.ConfigDict, reference: np.ndarray | None, size: int) -> jax.Array:
+    """The image the x_T loss compares with (zeros for the measurement loss, which ignores it)."""
+    loss = cfg.init_opt.loss
+    if loss == "measurement":
+        return jnp.zeros((1, size, size, 3), jnp.float32)
+    if loss == "reference":
+        if not cfg.init_opt.reference:
+            raise ValueError("init_opt.loss=reference needs --config.init_opt.reference=IMAGE")
+        return jnp.asarray(prepare_image(images.read_image(cfg.init_opt.reference), size, cfg.resize))
+    if loss == "oracle":
+        if reference is None:
+            raise ValueError("init_opt.loss=oracle needs the ground truth (a clean input or --config.reference)")
+        return jnp.asarray(reference)
+    raise ValueError(f"unknown init_opt.loss {loss!r}; expected measurement, reference or oracle")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -120,6 +119,21 @@ def test_sample_sequential_and_parallel_agree(tiny_prior, tmp_path):
     assert np.abs(a - b).max() <= 1
     assert abs(seq["psnr"] - par["psnr"]) < 0.05
     assert seq["nfe"] == 10 and par["nfe"] == 100
+
+
+@pytest.mark.slow
+def test_sample_with_init_opt_records_the_optimisation(tiny_prior, tmp_path):
+    """x_T optimisation (official phantom gradient, measurement loss) runs before the solve; the best
+    loss is the minimum of the recorded losses."""
+    photo = _photo(tmp_path, tiny_prior[2])
+    cfg = _config(tiny_prior, photo, tmp_path / "io", **{
+        "init_opt.steps": 3, "init_opt.gradient": "phantom", "init_opt.loss": "measurement",
+        "init_opt.learning_rate": 1e-2, "init_opt.early_stop": 0.0})
+    (record,) = sample.restore_files(cfg, progress=False)
+    opt = record["init_opt"]
+    assert opt["epochs"] == 3 and len(opt["losses"]) == 3
+    assert opt["best_loss"] == pytest.approx(min(opt["losses"]))
+    assert all(np.isfinite(opt["losses"]))
 
 
 def test_sample_errors_are_one_line(tiny_prior, tmp_path):

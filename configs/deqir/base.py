@@ -56,9 +56,10 @@ def get_config(dataset: str = "imagenet") -> ml_collections.ConfigDict:
 
     # Optional initialisation optimisation of x_T through the implicit gradient.
     cfg.init_opt = ml_collections.ConfigDict()
-    cfg.init_opt.steps = 0  # 0 = off
-    cfg.init_opt.loss = "measurement"  # "measurement" | "reference" | "ground_truth"
-    cfg.init_opt.reference = ""
-    cfg.init_opt.learning_rate = 2e-5
-    cfg.init_opt.gradient = "implicit"  # "implicit" | "phantom"
+    cfg.init_opt.steps = 0  # Adam steps on x_T; 0 = off (official n_epochs 2000)
+    cfg.init_opt.loss = "measurement"  # "measurement" ||A x0 - y||^2 | "reference" | "oracle" (ground truth)
+    cfg.init_opt.reference = ""  # image for loss=reference
+    cfg.init_opt.learning_rate = 2e-5  # official Adam lr
+    cfg.init_opt.early_stop = 0.1  # stop once the loss is below this (official)
+    cfg.init_opt.gradient = "implicit"  # "implicit" (adjoint fixed point) | "phantom" (official one step)
     return cfg
