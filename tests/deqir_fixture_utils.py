@@ -15,7 +15,29 @@ import numpy as np
 from deqir_jax import operators as ops
 from deqir_jax.models import adm
 
-SAMPLING_CASES = ("sr2_eta0", "deblur_gauss_etw0.1", "inpaint_noise")
+def _discover_sampling_cases() -> tuple[str, ...]:
+    """Names of the ``deqir/deqir_sampling_<name>.npz`` files in the fixture folder; nothing about a
+    particular fixture set is assumed. Deterministic cases (sidecar nw = etw = 0) come first, then by
+    name, so that ``SAMPLING_CASES[0]`` (used by the quick tests) is the plain DDIM + DDNM chain if any."""
+    import json
+    import os
+    import pathlib
+
+    root = pathlib.Path(os.environ.get("REFERENCE_FIXTURES", "../shared/fixtures"))
+    if not root.is_absolute():
+        root = (pathlib.Path(__file__).resolve().parents[1] / root).resolve()
+    prefix = "deqir_sampling_"
+    def order(path):
+        case = json.loads(path.with_suffix(".json").read_text()).get("case", {})
+        return (float(case.get("nw", 0)) + float(case.get("etw", 0)) > 0, path.stem)
+
+    names = [p.stem[len(prefix):] for p in sorted((root / "deqir").glob(f"{prefix}*.npz"), key=order)]
+    if not names:
+        raise FileNotFoundError(f"no {prefix}*.npz sampling fixtures under {root / 'deqir'}")
+    return tuple(names)
+
+
+SAMPLING_CASES = _discover_sampling_cases()
 
 
 def nhwc(a) -> np.ndarray:

@@ -13,7 +13,7 @@ import pytest
 from skimage import data as skdata
 from PIL import Image
 
-from deqir_fixture_utils import load_sampling_case, load_tiny_unet, nhwc, parse_tol
+from deqir_fixture_utils import SAMPLING_CASES, load_sampling_case, load_tiny_unet, nhwc, parse_tol
 from deqir_jax import restore as restore_lib
 from deqir_jax import sample
 from deqir_jax.models import adm
@@ -24,7 +24,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 def test_restore_parallel_equals_sequential_on_fixture(load_fixture):
     """The fixed point reached by restore() (Picard, T evaluations) is the sequential chain (fixture sr2)."""
-    case = load_sampling_case(load_fixture, "sr2_eta0")
+    case = load_sampling_case(load_fixture, SAMPLING_CASES[0])
     atol = parse_tol(case.meta["tolerance"]["converged fixed point vs seq/states"])
     eps_fn = lambda x, t: case.eps_apply(case.params, x, t)  # noqa: E731
     common = dict(timesteps=case.T, nw=case.nw, etw=case.etw)
@@ -40,7 +40,7 @@ def test_restore_parallel_equals_sequential_on_fixture(load_fixture):
 
 
 def test_restore_sharded_over_8_devices_equals_one_device(load_fixture):
-    case = load_sampling_case(load_fixture, "sr2_eta0")
+    case = load_sampling_case(load_fixture, SAMPLING_CASES[0])
     eps_fn = lambda x, t: case.eps_apply(case.params, x, t)  # noqa: E731
     settings = restore_lib.RestoreSettings(timesteps=case.T, nw=case.nw, etw=case.etw, max_iter=6)
     one = mesh.time_sharding(mesh.make_mesh(devices=jax.devices()[:1]))

@@ -1,7 +1,7 @@
 """DeqIR fixed-point map: closed form vs the sequential chain, chunking, sharding (1 vs 8 devices), mesh helpers.
 
 Synthetic tests use a random dense linear operator and the analytic eps of a Gaussian prior; the sharding
-test uses the tiny UNet and the ``deqir_sampling_sr2_eta0`` case (tolerance from its sidecar).
+test uses the tiny UNet and the first sampling case of the fixture folder (tolerance from its sidecar).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deqir_fixture_utils import load_sampling_case, load_tiny_unet, maxabs, parse_tol
+from deqir_fixture_utils import SAMPLING_CASES, load_sampling_case, load_tiny_unet, maxabs, parse_tol
 from deqir_jax import anderson, fixed_point as fp, schedule, sequential
 from ircore import mesh as mesh_lib
 
@@ -181,7 +181,7 @@ def test_bad_inputs_raise():
 
 @pytest.fixture(scope="module")
 def sr2_case(load_fixture):
-    return load_sampling_case(load_fixture, "sr2_eta0", load_tiny_unet(load_fixture))
+    return load_sampling_case(load_fixture, SAMPLING_CASES[0], load_tiny_unet(load_fixture))
 
 
 @partial(jax.jit, static_argnums=(0, 1, 2, 3))
