@@ -537,9 +537,11 @@ class Trainer:
             else:
                 window_steps += 1
             if step % int(cfg.checkpoint_every) == 0 or step == total:
+                paused = _Pause(metrics)  # the save's blocking part is not training time
                 ckpt.save(step, state, self._meta(step), force=True)
                 if self.print_fn is not None and jax.process_index() == 0:
                     self.print_fn(f"checkpoint: saving step {step}", flush=True)
+                window_start = paused.shift(window_start)
             if step % int(cfg.log_every) == 0 or step == total:
                 host = jax.device_get(metrics)
                 scalars = {name: float(value) for name, value in host.items()}
@@ -550,7 +552,22 @@ class Trainer:
                     window_start, window_steps = now, 0
                 logger.scalars(step, scalars)
             if self.eval_fn is not None and cfg.eval_every and (step % int(cfg.eval_every) == 0 or step == total):
+                paused = _Pause(metrics)
                 scalars, images = self.eval_fn(state)
                 logger.scalars(step, scalars, kind="eval")
                 logger.images(step, images, kind="eval")
+                window_start = paused.shift(window_start)
         return state
+
+
+class _Pause:
+    """Measures a pause in training (after the pending step has finished) to leave it out of the step time."""
+
+    def __init__(self, pending: Any):
+        jax.block_until_ready(pending)
+        self.start = time.perf_counter()
+
+    def shift(self, window_start: Optional[float]) -> Optional[float]:
+        if window_start is None:
+            return None
+        return window_start + (time.perf_counter() - self.start)

@@ -43,6 +43,10 @@ trap forward TERM INT
 
 status=0
 for pid in "${pids[@]}"; do
-  wait "$pid" || status=$?
+  while true; do
+    wait "$pid" && rc=0 || rc=$?
+    kill -0 "$pid" 2>/dev/null || break  # still running: wait was interrupted by a forwarded signal
+  done
+  [[ $rc -eq 0 ]] || status=$rc
 done
 exit "$status"

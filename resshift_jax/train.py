@@ -195,17 +195,26 @@ def init_params_fn(cfg: Any) -> Callable[[jax.Array], Any]:
 
 
 def make_eval_fn(cfg: Any, tr: trainer.Trainer) -> Optional[trainer.EvalFn]:
-    """EMA restoration of the held-out images -> (``{"psnr_y", "ssim_y"}``, ``{"lq", "restored", "hq"}``)."""
+    """EMA restoration of the held-out images -> (``{"psnr_y", "ssim_y"}``, ``{"lq", "restored", "hq"}``).
+
+    The LQ images are made once with a fixed key (``train.eval_seed``); every process computes the same
+    replicated result (inputs are host arrays, the output is replicated over the mesh).
+    """
     if not cfg.train.eval_every:
         return None
+    ev = cfg.data.eval
+    if not (ev.folder if ev.source == "folder" else ev.tfds_name):
+        raise TrainSetupError("validation every train.eval_every steps needs held-out images: set "
+                              "data.eval.folder (or data.eval.source=tfds and data.eval.tfds_name), or "
+                              "--config.train.eval_every=0")
     unet, autoencoder = _networks(cfg)
     sched = schedule_from_config(cfg)
     degrade = make_degrade(cfg)
-    hq = jnp.asarray(data.hq_to_float(data.load_eval_images(cfg.data.eval, int(cfg.data.crop_size))))
+    hq = data.hq_to_float(data.load_eval_images(ev, int(cfg.data.crop_size)))
     key = jax.random.key(int(cfg.train.eval_seed))
-    target, lq, mask = jax.jit(degrade)(jax.random.fold_in(key, 0), hq)
+    target, lq, mask = jax.device_get(jax.jit(degrade)(jax.random.fold_in(key, 0), hq))
+    replicated = jax.sharding.NamedSharding(tr.mesh, jax.sharding.PartitionSpec())
 
-    @jax.jit
     def restore(params, frozen, lq, mask):
         def model_fn(x, tt, cond):
             return unet.apply({"params": params}, x, tt, lq=cond[0], mask=cond[1]).astype(jnp.float32)
@@ -219,13 +228,15 @@ def make_eval_fn(cfg: Any, tr: trainer.Trainer) -> Optional[trainer.EvalFn]:
         return diffusion.restore(model_fn, sched, lq, encode_fn=encode, decode_fn=decode,
                                  key=jax.random.fold_in(key, 1), cond=(lq, mask))
 
+    restore = jax.jit(restore, out_shardings=replicated)
+
     def eval_fn(state):
-        out = restore(state.ema_params, tr.frozen, lq, mask)
-        a, b = (out + 1) / 2, (target + 1) / 2
-        scores = {"psnr_y": float(jnp.mean(metrics.psnr(jnp.clip(a, 0, 1), b, y_channel=True))),
-                  "ssim_y": float(jnp.mean(metrics.ssim(jnp.clip(a, 0, 1), b, y_channel=True)))}
+        out = np.asarray(jax.device_get(restore(state.ema_params, tr.frozen, lq, mask)))
+        a, b = np.clip((out + 1) / 2, 0, 1), (np.asarray(target) + 1) / 2
+        scores = {"psnr_y": float(np.mean(metrics.psnr(a, b, y_channel=True))),
+                  "ssim_y": float(np.mean(metrics.ssim(a, b, y_channel=True)))}
         n = min(4, out.shape[0])
-        images = {"restored": np.asarray(out[:n]), "hq": np.asarray(target[:n]), "lq": np.asarray(lq[:n])}
+        images = {"restored": out[:n], "hq": np.asarray(target[:n]), "lq": np.asarray(lq[:n])}
         return scores, images
 
     return eval_fn
