@@ -29,7 +29,12 @@ METADATA_ITEM = "metadata"
 
 
 def _checkpointer() -> ocp.Checkpointer:
-    return ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    registry.add(PARAMS_ITEM, ocp.args.StandardSave, ocp.StandardCheckpointHandler)
+    registry.add(PARAMS_ITEM, ocp.args.StandardRestore, ocp.StandardCheckpointHandler)
+    registry.add(METADATA_ITEM, ocp.args.JsonSave, ocp.JsonCheckpointHandler)
+    registry.add(METADATA_ITEM, ocp.args.JsonRestore, ocp.JsonCheckpointHandler)
+    return ocp.Checkpointer(ocp.CompositeCheckpointHandler(handler_registry=registry))
 
 
 def _metadata_dict(metadata: Mapping[str, Any] | None) -> dict:
