@@ -71,7 +71,8 @@ def main(argv=None) -> dict:
 
     cfg = load_config_file(args.config)
     cfg.train.update({"global_batch": args.batch, "accum_steps": args.accum, "compute_dtype": args.dtype,
-                      "frozen_dtype": args.dtype, "mesh_shape": tuple(int(v) for v in args.mesh.split(","))})
+                      "frozen_dtype": args.dtype, "mesh_shape": tuple(int(v) for v in args.mesh.split(",")),
+                      "eval_every": 0})
     cfg.autoencoder_random_init = True
     cfg.autoencoder_checkpoint = ""
     cfg.lpips.random_init = True

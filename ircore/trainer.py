@@ -25,6 +25,7 @@ leaves the previous checkpoint as the latest usable one.
 """
 from __future__ import annotations
 
+import collections
 import math
 import os
 import pathlib
@@ -81,6 +82,8 @@ def default_config() -> ml_collections.ConfigDict:
         "async_checkpoints": True,
         "eval_every": 10_000,
         "tensorboard": True,
+        "max_inflight_steps": 2,  # steps dispatched ahead of the host (more is no faster; unbounded async
+                                  # dispatch of multi-process CPU collectives can deadlock)
         "fast_compile": False,  # CPU only: compile with LLVM optimisations off (tests / smoke runs: ~2x faster
                                 # compilation, slower steps); ignored on GPU / TPU
     })
@@ -517,6 +520,8 @@ class Trainer:
         cfg = self.cfg
         iterator: Iterator[Any] = iter(batches(start))
         window_start, window_steps = None, 0
+        inflight: collections.deque = collections.deque()
+        max_inflight = max(int(cfg.get("max_inflight_steps", 2)), 1)
         step = start
         while step < total:
             if watcher.reached(step):
@@ -531,6 +536,9 @@ class Trainer:
             batch = to_global(next(iterator), self.mesh, self.global_batch)
             state, metrics = self.train_step(state, self.frozen, batch)
             step += 1
+            inflight.append(metrics)
+            if len(inflight) > max_inflight:
+                jax.block_until_ready(inflight.popleft())
             if window_start is None:  # exclude compilation from the timing
                 jax.block_until_ready(metrics)
                 window_start = time.perf_counter()

@@ -29,7 +29,6 @@ from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from ircore import checkpoints, lpips, metrics, trainer
@@ -197,8 +196,8 @@ def init_params_fn(cfg: Any) -> Callable[[jax.Array], Any]:
 def make_eval_fn(cfg: Any, tr: trainer.Trainer) -> Optional[trainer.EvalFn]:
     """EMA restoration of the held-out images -> (``{"psnr_y", "ssim_y"}``, ``{"lq", "restored", "hq"}``).
 
-    The LQ images are made once with a fixed key (``train.eval_seed``); every process computes the same
-    replicated result (inputs are host arrays, the output is replicated over the mesh).
+    The LQ images are made once with a fixed key (``train.eval_seed``) and restored ``data.eval.batch`` at a
+    time; every process computes the same replicated result (inputs are host arrays, outputs replicated).
     """
     if not cfg.train.eval_every:
         return None
@@ -215,7 +214,7 @@ def make_eval_fn(cfg: Any, tr: trainer.Trainer) -> Optional[trainer.EvalFn]:
     target, lq, mask = jax.device_get(jax.jit(degrade)(jax.random.fold_in(key, 0), hq))
     replicated = jax.sharding.NamedSharding(tr.mesh, jax.sharding.PartitionSpec())
 
-    def restore(params, frozen, lq, mask):
+    def restore(params, frozen, lq, mask, noise_key):
         def model_fn(x, tt, cond):
             return unet.apply({"params": params}, x, tt, lq=cond[0], mask=cond[1]).astype(jnp.float32)
 
@@ -226,12 +225,23 @@ def make_eval_fn(cfg: Any, tr: trainer.Trainer) -> Optional[trainer.EvalFn]:
             return autoencoder.apply({"params": frozen["vq"]}, z, method=vq.VQModel.decode).astype(jnp.float32)
 
         return diffusion.restore(model_fn, sched, lq, encode_fn=encode, decode_fn=decode,
-                                 key=jax.random.fold_in(key, 1), cond=(lq, mask))
+                                 key=noise_key, cond=(lq, mask))
 
     restore = jax.jit(restore, out_shardings=replicated)
 
+    chunk = max(1, min(int(ev.batch), lq.shape[0]))
+
+    def padded(x, start):
+        part = x[start:start + chunk]
+        return part if part.shape[0] == chunk else np.concatenate([part, np.repeat(part[-1:], chunk - len(part), 0)])
+
     def eval_fn(state):
-        out = np.asarray(jax.device_get(restore(state.ema_params, tr.frozen, lq, mask)))
+        outs = []
+        for start in range(0, lq.shape[0], chunk):
+            m = None if mask is None else padded(mask, start)
+            part = restore(state.ema_params, tr.frozen, padded(lq, start), m, jax.random.fold_in(key, 1 + start))
+            outs.append(np.asarray(jax.device_get(part))[: min(chunk, lq.shape[0] - start)])
+        out = np.concatenate(outs)
         a, b = np.clip((out + 1) / 2, 0, 1), (np.asarray(target) + 1) / 2
         scores = {"psnr_y": float(np.mean(metrics.psnr(a, b, y_channel=True))),
                   "ssim_y": float(np.mean(metrics.ssim(a, b, y_channel=True)))}

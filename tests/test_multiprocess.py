@@ -73,3 +73,45 @@ def test_two_processes_by_four_devices_match_one_by_eight(tmp_path):
         np.testing.assert_allclose(y, x, rtol=rtol, atol=0)
     assert len({r["loss"] for r in a}) == STEPS  # the runs really trained (losses change)
     assert (tmp_path / "multi" / "checkpoints" / str(STEPS)).is_dir()
+
+
+_TOY_CHILD = """
+import sys
+sys.path.insert(0, {tests!r})
+from ircore.mesh import initialize_distributed
+initialize_distributed()
+import test_trainer as T
+tr = T.make_trainer(sys.argv[1], total_steps=10**6, checkpoint_every=10**6, log_every=100)
+tr.print_fn = print
+tr.fit(T.toy_batches(tr.local_rows))
+print("left fit", flush=True)
+"""
+
+
+def test_sigterm_stops_every_process_at_the_same_step(tmp_path):
+    """Many steps in flight between log lines (no deadlock of CPU collectives), then SIGTERM to the launcher:
+    both processes agree on the stop step through JAX's preemption sync point, save it and exit 0."""
+    import signal
+    import time
+
+    code = _TOY_CHILD.format(tests=str(REPO / "tests"))
+    proc = subprocess.Popen(
+        ["bash", str(REPO / "launch/local_multiprocess.sh"), "2", "4", "--", sys.executable, "-c", code,
+         str(tmp_path / "run")],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=clean_env(LOG_DIR=str(tmp_path / "logs")))
+    seen, deadline = [], time.time() + 600
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("step 300 "):
+            proc.send_signal(signal.SIGTERM)
+        if "left fit" in line or time.time() > deadline:
+            break
+    rest, _ = proc.communicate(timeout=120)
+    out = "".join(seen) + rest
+    assert proc.returncode == 0, out
+    step = int(out.split("preempted: saved step ")[1].split()[0])
+    assert step > 300
+    other = (tmp_path / "logs" / "process_1.log").read_text()
+    assert "left fit" in other and f"Reached preemption sync point, step={step}" in other
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == [str(step)]

@@ -2,7 +2,6 @@
 CLI killed with SIGKILL right after a save starts, resumed, ending with the parameters of an uninterrupted run."""
 from __future__ import annotations
 
-import pathlib
 import signal
 import subprocess
 
@@ -97,7 +96,7 @@ def test_short_run_with_lpips_and_validation(tmp_path):
     photos = write_photos(tmp_path / "photos")
     cfg = tiny(**{"loss.lpips_weight": 1.0, "train.total_steps": 2, "train.eval_every": 2,
                   "train.checkpoint_every": 100, "data.folder": str(photos)})
-    cfg.data.eval.folder = str(photos)
+    cfg.data.eval.update({"folder": str(photos), "num_images": 3, "batch": 2})  # 2 chunks, the last padded
     state = rtrain.train(cfg, tmp_path / "run", print_fn=None)
     assert int(state.step) == 2
     log = logging_utils.read_jsonl(tmp_path / "run")
