@@ -173,3 +173,22 @@ def test_sigterm_cli_makes_a_final_save(tmp_path):
     ckpt = trainer.Checkpoints(tmp_path / "run" / "checkpoints", every=1000, keep=3)
     assert ckpt.all_steps() == [step]
     ckpt.close()
+
+
+@pytest.mark.parametrize("name", ["realsr_x4_v3", "bicsr_x4", "inpaint_imagenet", "faceir", "realsr_x4_v1"])
+def test_every_released_task_traces_with_the_released_networks(name):
+    """The loss of each released recipe (its LQ synthesis, UNet, VQ and LPIPS) traced with abstract arrays."""
+    from ircore import lpips
+
+    cfg = load_config_file(REPO / f"configs/resshift/{name}.py")
+    unet, _ = rtrain._networks(cfg)
+    params = jax.eval_shape(rtrain.init_params_fn(cfg), jax.random.key(0))
+    frozen = {"vq": vq.param_shapes(cfg.autoencoder)}
+    if cfg.loss.lpips_weight > 0:
+        frozen["lpips"] = lpips.param_shapes()
+    crop = cfg.data.crop_size
+    batch = {"hq": jax.ShapeDtypeStruct((2, crop, crop, 3), jnp.uint8)}
+    loss, aux = jax.eval_shape(rtrain.make_loss_fn(cfg), params, frozen, batch, jax.random.key(1))
+    assert loss.shape == () and loss.dtype == jnp.float32
+    assert set(aux) == ({"mse", "lpips"} if cfg.loss.lpips_weight > 0 else {"mse"})
+    assert unet.dtype == jnp.bfloat16
