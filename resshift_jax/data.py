@@ -25,7 +25,6 @@ import os
 import pathlib
 from typing import Any, Callable, Iterator, Sequence
 
-import grain
 import ml_collections
 import numpy as np
 from PIL import Image
@@ -191,18 +190,20 @@ def center_crop(image: np.ndarray, crop_size: int) -> np.ndarray:
     return _area_resize(np.ascontiguousarray(image[top:top + side, left:left + side]), crop_size)
 
 
-class _Crop(grain.transforms.RandomMap):
+class _Crop:
+    """grain random map: (element, rng) -> crop (picklable)."""
+
     def __init__(self, crop_size: int, rescale: bool, hflip: bool):
         self.crop_size, self.rescale, self.hflip = crop_size, rescale, hflip
 
-    def random_map(self, element: dict, rng: np.random.Generator) -> np.ndarray:
+    def __call__(self, element: dict, rng: np.random.Generator) -> np.ndarray:
         return random_crop(element["image"], rng, crop_size=self.crop_size, rescale=self.rescale, hflip=self.hflip)
 
 
 class _GatherRows:
     """step -> {"hq": stack of elements step*B + r for r in rows} (picklable for worker processes)."""
 
-    def __init__(self, elements: grain.MapDataset, global_batch: int, rows: tuple[int, int]):
+    def __init__(self, elements: Any, global_batch: int, rows: tuple[int, int]):
         self.elements, self.global_batch, self.rows = elements, global_batch, rows
 
     def __call__(self, step: int) -> dict:
@@ -219,8 +220,10 @@ def _ensure_absl_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
-def element_stream(source: Any, cfg: Any, seed: int) -> grain.MapDataset:
-    """The endless, per-epoch shuffled stream of random HQ crops (random access by position)."""
+def element_stream(source: Any, cfg: Any, seed: int) -> Any:
+    """The endless, per-epoch shuffled stream of random HQ crops (a ``grain.MapDataset``, random access)."""
+    import grain  # noqa: PLC0415 (configs import this module for default_config)
+
     if len(source) == 0:
         raise ValueError("the training data source is empty")
     return (grain.MapDataset.source(source).seed(int(seed)).shuffle().repeat(None)
@@ -241,6 +244,8 @@ def make_train_batches(
     gather = _GatherRows(elements, int(global_batch), (int(rows[0]), int(rows[1])))
 
     def batches(start_step: int) -> Iterator[dict]:
+        import grain  # noqa: PLC0415
+
         steps = grain.MapDataset.range(int(start_step), 2**62).map(gather)
         ds = steps.to_iter_dataset(grain.ReadOptions(num_threads=max(int(cfg.num_threads), 1),
                                                      prefetch_buffer_size=max(int(cfg.prefetch), 1)))
