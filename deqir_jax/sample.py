@@ -162,7 +162,12 @@ def restore_files(cfg: ml_collections.ConfigDict, params: Any | None = None, *, 
     model = models.model_from_config(cfg.model)
     settings = settings_from_config(cfg)
     size = int(cfg.image_size)
-    sharding = mesh.time_sharding(mesh.make_mesh()) if settings.sampler == "parallel" else None
+    sharding = None
+    if settings.sampler == "parallel":
+        device_mesh = mesh.make_mesh()
+        sharding = mesh.time_sharding(device_mesh)
+        # Every device runs the prior on its share of the chain: keep a copy of the weights on each.
+        params = jax.device_put(params, mesh.replicated(device_mesh))
     restore_fn = make_restore_fn(model, settings, sharding=sharding)
     opt_fn = None
     if int(cfg.init_opt.steps) > 0:
