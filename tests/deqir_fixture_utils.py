@@ -72,6 +72,8 @@ def operator_from_degradations(deg, key: str) -> ops.LinearOperator:
     elif cls == "WalshHadamardCS":
         kwargs["ratio"] = params["ratio"]
         kwargs["perm"] = deg[f"{key}/perm"]
+    elif cls not in ("Colorization", "Denoising") or params:
+        raise ValueError(f"fixture operator {key}: no builder for class {cls} with params {params}")
     return ops.make_operator(name, image_size, **kwargs)
 
 

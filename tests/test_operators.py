@@ -12,6 +12,7 @@ import scipy.ndimage
 import skimage.data
 import skimage.transform
 
+from deqir_fixture_utils import operator_from_degradations
 from deqir_jax import operators as ops
 
 EPS32 = float(np.finfo(np.float32).eps)
@@ -41,31 +42,6 @@ def _atol(meta: dict) -> float:
     return float(match.group(1))
 
 
-def _operator_from_fixture(key: str, info: dict, fx) -> ops.LinearOperator:
-    """Build the operator of one ``degradations.json`` entry; masks / permutations come from the npz."""
-    image_size = fx["x"].shape[-2:]
-    cls, params = info["class"], dict(info["params"])
-    name = re.sub(r"_x\d+$", "", key)
-    kwargs: dict = {}
-    if cls == "SuperResolution":
-        kwargs["factor"] = params["ratio"]
-    elif cls == "SRConv":
-        kwargs["factor"] = params["stride"]
-    elif cls in ("Deblurring", "Deblurring2D"):
-        kwargs.update(params)
-        kwargs["singular_perm"] = fx[f"{key}/perm"]  # torch.sort's tie order (not reproducible)
-    elif cls == "Inpainting":
-        kwargs["mask"] = fx[f"{key}/mask"]
-    elif cls == "WalshHadamardCS":
-        kwargs["ratio"] = params["ratio"]
-        kwargs["perm"] = fx[f"{key}/perm"]
-    elif cls in ("Colorization", "Denoising"):
-        assert not params, f"unexpected params {params} for {cls}"
-    else:
-        raise AssertionError(f"fixture operator class {cls} has no builder")
-    return ops.make_operator(name, tuple(int(s) for s in image_size), **kwargs)
-
-
 def _operator_keys(fx) -> list[str]:
     keys = list(fx.meta["operators"])
     assert keys, "degradations sidecar lists no operator"
@@ -74,7 +50,7 @@ def _operator_keys(fx) -> list[str]:
 
 @pytest.fixture(scope="module")
 def fixture_ops(fx):
-    return {key: _operator_from_fixture(key, info, fx) for key, info in fx.meta["operators"].items()}
+    return {key: operator_from_degradations(fx, key) for key in fx.meta["operators"]}
 
 
 @jax.jit

@@ -12,7 +12,6 @@ import sys
 import zlib
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
