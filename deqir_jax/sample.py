@@ -95,6 +95,11 @@ def measurement_from_image(op: ops.LinearOperator, img: np.ndarray) -> jax.Array
             )
         return jnp.asarray(img)
     if op.name in ("colorization", "inpainting") or op.y_shape[-1] == 1:
+        if tuple(img.shape[1:3]) != tuple(op.image_shape[:2]):
+            raise ValueError(
+                f"measurement image is {img.shape[1]}x{img.shape[2]}, {op.name} expects "
+                f"{op.image_shape[0]}x{op.image_shape[1]}"
+            )
         return op.A(jnp.asarray(img))
     raise ValueError(f"{op.name} measurements cannot be given as an image; give the clean image instead")
 
@@ -176,7 +181,9 @@ def restore_files(cfg: ml_collections.ConfigDict, params: Any | None = None, *, 
     reference_file = cfg.reference
     results = []
     for index, file in enumerate(tqdm(files, desc="deqir", unit="img", disable=not progress)):
-        img = prepare_image(images.read_image(file), size, cfg.resize)
+        img = images.read_image(file)
+        if not cfg.input_is_measurement:
+            img = prepare_image(img, size, cfg.resize)
         key_xt, key_z, key_y = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(int(cfg.seed)), index), 3)
         if cfg.input_is_measurement:
             y = measurement_from_image(op, img)

@@ -136,6 +136,23 @@ def test_sample_with_init_opt_records_the_optimisation(tiny_prior, tmp_path):
     assert all(np.isfinite(opt["losses"]))
 
 
+def test_sample_takes_a_given_low_resolution_measurement(tiny_prior, tmp_path):
+    """input_is_measurement: the input file is y itself (an LR image); it is not resized, the result has
+    the model's size, and A(x0) reproduces y (range-space consistency); a wrong-size y is refused."""
+    size = tiny_prior[2]
+    lr = tmp_path / "lr.png"
+    Image.fromarray(skdata.astronaut()).resize((size // 2, size // 2), Image.BICUBIC).save(lr)
+    cfg = _config(tiny_prior, lr, tmp_path / "m", input_is_measurement=True, sampler="sequential")
+    (record,) = sample.restore_files(cfg, progress=False)
+    assert "psnr" not in record  # no reference given
+    assert Image.open(tmp_path / "m/lr/restored.png").size == (size, size)
+    assert record["consistency_l2"] < 1e-2
+    wrong = tmp_path / "wrong.png"
+    Image.fromarray(skdata.astronaut()).resize((size // 2 + 1, size // 2), Image.BICUBIC).save(wrong)
+    with pytest.raises(ValueError, match="expects"):
+        sample.restore_files(_config(tiny_prior, wrong, tmp_path / "w", input_is_measurement=True), progress=False)
+
+
 def test_sample_errors_are_one_line(tiny_prior, tmp_path):
     photo = _photo(tmp_path, tiny_prior[2])
     cfg = _config(tiny_prior, photo, tmp_path / "o")
