@@ -1,41 +1,16 @@
-"""LSUN horse 256x256 unconditional guided-diffusion model trained without dropout (same network as
-imagenet256_uncond).
+"""LSUN horse (trained without dropout) 256x256 unconditional guided-diffusion model, checkpoint ``lsun_horse_nodropout.pt``.
 
-Checkpoint ``lsun_horse_nodropout.pt`` from openai/guided-diffusion. Model flags of its README:
-
-    --attention_resolutions 32,16,8 --class_cond False --diffusion_steps 1000 --dropout 0.0
-    --image_size 256 --learn_sigma True --noise_schedule linear --num_channels 256
-    --num_head_channels 64 --num_res_blocks 2 --resblock_updown True --use_fp16 True
-    --use_scale_shift_norm True
-
-``channel_mult=''`` takes guided-diffusion's default for the image size; ``attention_resolutions`` are pixel
-sizes (converted to downsample rates by the model builder); unset flags are ``model_and_diffusion_defaults()``
-values. ``dtype='float16'`` mirrors the released ``--use_fp16 True``; ``'bfloat16'`` is the usual choice on TPU.
+Same network and flags as ``lsun_bedroom256.py`` (openai/guided-diffusion README), except the dropout.
 """
+import pathlib
+
 import ml_collections
+
+from ircore.config_utils import load_config_file
 
 
 def get_config() -> ml_collections.ConfigDict:
-    cfg = ml_collections.ConfigDict()
+    cfg = load_config_file(pathlib.Path(__file__).parent / "lsun_bedroom256.py")
     cfg.checkpoint_name = "lsun_horse_nodropout.pt"
-    cfg.model = ml_collections.ConfigDict(
-        dict(
-            arch="adm",
-            image_size=256,
-            num_channels=256,
-            num_res_blocks=2,
-            channel_mult="",
-            attention_resolutions="32,16,8",
-            num_heads=4,
-            num_head_channels=64,
-            num_heads_upsample=-1,
-            use_scale_shift_norm=True,
-            resblock_updown=True,
-            learn_sigma=True,
-            class_cond=False,
-            dropout=0.0,
-            use_new_attention_order=False,
-            dtype="float16",
-        )
-    )
+    cfg.model.dropout = 0.0  # README flag --dropout 0.0
     return cfg
