@@ -12,28 +12,20 @@ values. ``dtype='float16'`` mirrors the released ``--use_fp16 True``; ``'bfloat1
 """
 import ml_collections
 
+from deqir_jax.models.adm import guided_diffusion_model_config
+
 
 def get_config() -> ml_collections.ConfigDict:
     cfg = ml_collections.ConfigDict()
-    cfg.checkpoint_name = "128x128_diffusion.pt"
-    cfg.model = ml_collections.ConfigDict(
-        dict(
-            arch="adm",
-            image_size=128,
-            num_channels=256,
-            num_res_blocks=2,
-            channel_mult="",
-            attention_resolutions="32,16,8",
-            num_heads=4,
-            num_head_channels=-1,
-            num_heads_upsample=-1,
-            use_scale_shift_norm=True,
-            resblock_updown=True,
-            learn_sigma=True,
-            class_cond=True,
-            dropout=0.0,
-            use_new_attention_order=False,
-            dtype="float16",
-        )
+    cfg.checkpoint_name = '128x128_diffusion.pt'
+    # README flags; everything else is guided-diffusion's model_and_diffusion_defaults().
+    cfg.model = guided_diffusion_model_config(
+        attention_resolutions='32,16,8',
+        class_cond=True,
+        dtype='float16',
+        image_size=128,
+        learn_sigma=True,
+        num_channels=256,
+        resblock_updown=True,
     )
     return cfg
