@@ -239,3 +239,52 @@ def write_png(path: str | os.PathLike, img: Any) -> pathlib.Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+# ----------------------------------------------------------------------------------------------- results
+def side_by_side(panels: Iterable[Any], gap: int = 4) -> np.ndarray:
+    """[-1, 1] images (H_i, W_i, 3) or (1, H_i, W_i, 3) -> one (max H, sum W + gaps, 3) image, left to right,
+    each panel scaled up by an integer factor (nearest neighbour) to the tallest height when that fits exactly,
+    on a white background (a smaller panel is centred vertically)."""
+    arrays = []
+    for p in panels:
+        a = np.asarray(p, np.float32)
+        a = a[0] if a.ndim == 4 else a
+        if a.ndim != 3 or a.shape[-1] != 3:
+            raise ValueError(f"side_by_side panels must be RGB images, got shape {np.shape(p)}")
+        arrays.append(a)
+    if not arrays:
+        raise ValueError("side_by_side needs at least one panel")
+    height = max(a.shape[0] for a in arrays)
+    scaled = []
+    for a in arrays:
+        k = height // a.shape[0]
+        if k > 1 and a.shape[0] * k == height:
+            a = np.repeat(np.repeat(a, k, axis=0), k, axis=1)
+        scaled.append(a)
+    width = sum(a.shape[1] for a in scaled) + gap * (len(scaled) - 1)
+    canvas = np.ones((height, width, 3), np.float32)
+    left = 0
+    for a in scaled:
+        top = (height - a.shape[0]) // 2
+        canvas[top:top + a.shape[0], left:left + a.shape[1]] = a
+        left += a.shape[1] + gap
+    return canvas
+
+
+def fresh_folder(parent: str | os.PathLike, prefix: str = "run") -> pathlib.Path:
+    """Creates and returns a new, empty folder ``parent/<prefix>-YYYYmmdd-HHMMSS`` (``-2``, ``-3`` ... appended
+    when that name is taken), so a run never writes over an earlier one."""
+    import time  # noqa: PLC0415
+
+    parent = pathlib.Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    stem = f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for n in range(1, 10_000):
+        folder = parent / (stem if n == 1 else f"{stem}-{n}")
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        return folder
+    raise FileExistsError(f"no free run folder name {stem}-N under {parent}")

@@ -31,9 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ircore import checkpoints, lpips, metrics, trainer
+from ircore import checkpoints, data, lpips, metrics, trainer
 from ircore.mesh import initialize_distributed
-from resshift_jax import data, diffusion
+from resshift_jax import diffusion
 from resshift_jax.models import unet_swin, vq
 from resshift_jax.schedule import Schedule, make_schedule
 

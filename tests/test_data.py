@@ -1,4 +1,4 @@
-"""resshift_jax.data: folder and TFDS sources through grain; deterministic order by seed and step; process
+"""ircore.data: folder and TFDS sources through grain; deterministic order by seed and step; process
 slices; worker processes; crops."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
-from resshift_jax import data
+from ircore import data
 
 
 def _photos():

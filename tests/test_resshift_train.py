@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ircore import logging_utils, trainer
+from ircore import data, logging_utils, trainer
 from ircore.config_utils import load_config_file
-from resshift_jax import data, diffusion
+from resshift_jax import diffusion
 from resshift_jax import train as rtrain
 from resshift_jax.degradations import bicubic_degrade
 from resshift_jax.models import vq

@@ -11,7 +11,7 @@ the command line (``--config.train.global_batch=32``):
 * ``loss``: ``mse_weight`` / ``lpips_weight`` (v1/v2: MSE only; journal configs: + 1 x LPIPS for SR, + 10 x
   LPIPS for inpainting and faces).
 * ``lpips``: the user's weight files (torchvision ``vgg16`` and LPIPS v0.1 ``vgg.pth``; nothing is downloaded).
-* ``data``: :func:`resshift_jax.data.default_config` with the official crop size.
+* ``data``: :func:`ircore.data.default_config` with the official crop size.
 * ``degradation``: the task's section of ``degradation_realesrgan.py`` (None for ``bicsr``).
 * ``unet_checkpoint`` (optional initial UNet, e.g. to fine-tune) and ``autoencoder_checkpoint`` (required:
   the frozen VQ), both orbax folders written by ``python -m resshift_jax.convert`` (or ``.pth`` files).
@@ -20,9 +20,8 @@ import pathlib
 
 import ml_collections
 
-from ircore import trainer
+from ircore import data, trainer
 from ircore.config_utils import load_config_file
-from resshift_jax import data
 
 _HERE = pathlib.Path(__file__).parent
 

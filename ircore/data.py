@@ -1,7 +1,8 @@
 """Training and validation images: TFDS ``data_source`` or image folders -> grain -> process-local batches.
 
-ResShift trains on high-quality (HQ) crops only; the low-quality input is synthesised on the accelerator
-inside the train step. So a batch here is ``{"hq": uint8 (rows, crop, crop, 3)}``.
+Both trainers read clean (HQ) crops only: ResShift synthesises its low-quality input on the accelerator
+inside the train step, the DeqIR prior is trained on the clean images themselves. So a batch here is
+``{"hq": uint8 (rows, crop, crop, 3)}``.
 
 Order and randomness depend only on the seed and the position: element ``i`` of the endless stream is image
 ``shuffle_epoch(i // N)[i % N]`` (grain re-shuffles every epoch) with a random crop / flip drawn from a
@@ -14,10 +15,14 @@ Sources (``data`` config section, see :func:`default_config`):
 * ``source="tfds"``: ``tfds.data_source(tfds_name, split=..., data_dir=...)`` (any builder prepared in the
   ``array_record`` format; ``image_key`` names the image feature);
 * ``source="folder"``: every image file below ``folder`` (recursively), or the paths listed one per line in a
-  ``.txt`` file (the official ``path_train_all.txt`` style).
+  ``.txt`` file (the official ``path_train_all.txt`` style);
+* ``source="photos"``: the real photographs of :mod:`ircore.photos` that ship inside installed packages,
+  ``photos_split`` ``"train"`` or ``"heldout"`` (the embedded default models).
 
 Crops (the Real-ESRGAN data set with ``rescale_gt``): a random square of side ``max(min(h, w), crop_size)``
-(reflect-padded when the image is smaller), area-resized to ``crop_size``; random horizontal flip.
+(reflect-padded when the image is smaller), area-resized to ``crop_size``; random horizontal flip. With
+``random_scale`` the side is drawn log-uniformly between ``crop_size`` and ``max(min(h, w), crop_size)``, so a
+few photos give crops at every scale from native pixels to the whole (shrunk) picture.
 """
 from __future__ import annotations
 
@@ -41,11 +46,13 @@ def default_config() -> ml_collections.ConfigDict:
         "tfds_split": "train",
         "tfds_data_dir": None,
         "image_key": "image",
+        "photos_split": "train",  # source="photos": "train" or "heldout" (ircore.photos)
     }
     return ml_collections.ConfigDict({
         **source,
         "crop_size": 256,
         "rescale": True,  # square crop of side max(min(h, w), crop_size), area-resized to crop_size
+        "random_scale": False,  # with rescale: side log-uniform in [crop_size, max(min(h, w), crop_size)]
         "hflip": True,
         "num_workers": 0,  # grain worker processes (0 = in the main process)
         "num_threads": 4,  # reader threads per process / worker
@@ -119,6 +126,23 @@ class ImageFileSource:
         return f"ImageFileSource({len(self.files)} files)"
 
 
+class InMemorySource:
+    """Random-access source over decoded images held in memory: ``source[i] = {"image": uint8 (H, W, 3)}``
+    (for a few photos that would otherwise be decoded again for every crop)."""
+
+    def __init__(self, images: Sequence[np.ndarray]):
+        self.images = [_to_rgb_uint8(im) for im in images]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"image": self.images[index]}
+
+    def __repr__(self) -> str:
+        return f"InMemorySource({len(self.images)} images)"
+
+
 class _FeatureSource:
     """Keeps only the image feature of a TFDS record (picklable, so grain workers can use it)."""
 
@@ -154,7 +178,14 @@ def open_source(cfg: Any) -> Any:
             raise ValueError(f"cannot open TFDS data set {cfg.tfds_name!r} split {cfg.tfds_split!r} in "
                              f"{cfg.tfds_data_dir or 'the default data_dir'}: {first}") from None
         return _FeatureSource(source, cfg.image_key)
-    raise ValueError(f"data.source must be 'folder' or 'tfds', got {kind!r}")
+    if kind == "photos":
+        from ircore import photos  # noqa: PLC0415
+
+        split = cfg.get("photos_split", "train")
+        if split not in photos.SPLITS:
+            raise ValueError(f"data.photos_split must be one of {sorted(photos.SPLITS)}, got {split!r}")
+        return InMemorySource([photos.load(name) for name in photos.SPLITS[split]])
+    raise ValueError(f"data.source must be 'folder', 'tfds' or 'photos', got {kind!r}")
 
 
 # ----------------------------------------------------------------------------------------------- crops
@@ -165,10 +196,13 @@ def _area_resize(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def random_crop(image: np.ndarray, rng: np.random.Generator, *, crop_size: int, rescale: bool = True,
-                hflip: bool = True) -> np.ndarray:
+                hflip: bool = True, random_scale: bool = False) -> np.ndarray:
     """uint8 (H, W, 3) -> uint8 (crop_size, crop_size, 3): reflect-pad if small, random square crop (side
-    ``max(min(h, w), crop_size)`` if ``rescale`` else ``crop_size``), area resize, random horizontal flip."""
+    ``max(min(h, w), crop_size)`` if ``rescale`` else ``crop_size``; with ``random_scale`` too, a side drawn
+    log-uniformly between ``crop_size`` and that), area resize, random horizontal flip."""
     side = max(min(image.shape[:2]), crop_size) if rescale else crop_size
+    if rescale and random_scale and side > crop_size:
+        side = int(round(crop_size * (side / crop_size) ** rng.random()))
     pad_h, pad_w = max(side - image.shape[0], 0), max(side - image.shape[1], 0)
     if pad_h or pad_w:
         mode = "reflect" if pad_h < image.shape[0] and pad_w < image.shape[1] else "symmetric"
@@ -193,11 +227,12 @@ def center_crop(image: np.ndarray, crop_size: int) -> np.ndarray:
 class _Crop:
     """grain random map: (element, rng) -> crop (picklable)."""
 
-    def __init__(self, crop_size: int, rescale: bool, hflip: bool):
-        self.crop_size, self.rescale, self.hflip = crop_size, rescale, hflip
+    def __init__(self, crop_size: int, rescale: bool, hflip: bool, random_scale: bool = False):
+        self.crop_size, self.rescale, self.hflip, self.random_scale = crop_size, rescale, hflip, random_scale
 
     def __call__(self, element: dict, rng: np.random.Generator) -> np.ndarray:
-        return random_crop(element["image"], rng, crop_size=self.crop_size, rescale=self.rescale, hflip=self.hflip)
+        return random_crop(element["image"], rng, crop_size=self.crop_size, rescale=self.rescale, hflip=self.hflip,
+                           random_scale=self.random_scale)
 
 
 class _GatherRows:
@@ -227,7 +262,8 @@ def element_stream(source: Any, cfg: Any, seed: int) -> Any:
     if len(source) == 0:
         raise ValueError("the training data source is empty")
     return (grain.MapDataset.source(source).seed(int(seed)).shuffle().repeat(None)
-            .random_map(_Crop(int(cfg.crop_size), bool(cfg.rescale), bool(cfg.hflip))))
+            .random_map(_Crop(int(cfg.crop_size), bool(cfg.rescale), bool(cfg.hflip),
+                              bool(cfg.get("random_scale", False)))))
 
 
 def make_train_batches(
