@@ -333,6 +333,16 @@ class Checkpoints:
         self.manager.close()
 
 
+def export_ema(state: TrainState, directory: str | os.PathLike, metadata: Mapping[str, Any] | None = None, *,
+               overwrite: bool = False) -> pathlib.Path:
+    """Writes ``state.ema_params`` as a parameter checkpoint (:func:`ircore.checkpoints.save_params`), the form
+    the samplers load; ``metadata`` gets ``step`` added. Call it on every process (the arrays may be sharded)."""
+    from ircore import checkpoints  # noqa: PLC0415 (orbax is heavy; configs import this module)
+
+    meta = {**dict(metadata or {}), "step": int(jax.device_get(state.step))}
+    return checkpoints.save_params(directory, state.ema_params, meta, overwrite=overwrite)
+
+
 # ----------------------------------------------------------------------------------------------- preemption
 class PreemptionWatcher:
     """Tells the loop when to stop for a SIGTERM.

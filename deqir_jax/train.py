@@ -1,0 +1,183 @@
+r"""Training a DeqIR prior: the DDPM epsilon objective on top of :mod:`ircore.trainer`, and the command line.
+
+    python -m deqir_jax.train --config configs/deqir/embedded_prior.py --workdir runs/deqir_prior \
+        [--export deqir_jax/embedded/prior] [--config.x=y ...]
+
+DeqIR restores with a pretrained *unconditional* diffusion prior; this trains one (the guided-diffusion
+``UNetModel`` or the DDIM-style ``Model``, chosen by ``config.model.arch``) with the standard DDPM loss
+("L_simple", Ho et al. 2020), per batch of clean crops ``x_0`` in [-1, 1]:
+
+    t ~ U{0, ..., T-1},  eps ~ N(0, I),  x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps,
+    loss = mean over pixels and batch of || eps - eps_theta(x_t, t) ||^2
+
+with the same beta schedule the samplers use (``config.diffusion``: linear 1e-4 .. 2e-2 over 1000 steps,
+:mod:`deqir_jax.schedule`). Models with ``learn_sigma`` (a variance head trained by guided-diffusion's hybrid
+VLB loss) are refused: DeqIR's DDIM + DDNM chain reads only the epsilon half.
+
+Everything else (the ``data`` x ``fsdp`` mesh, AdamW with warm-up + cosine decay, EMA, gradient accumulation,
+orbax checkpoints with exact resume and SIGTERM saves) is :class:`ircore.trainer.Trainer`; the crops come from
+:mod:`ircore.data` (image folders, TFDS, or the package photographs of :mod:`ircore.photos`). ``--export``
+writes the EMA parameters at the end as a parameter checkpoint that ``python -m deqir_jax.sample`` loads
+(``--config.checkpoint=DIR``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from deqir_jax import models, schedule
+from ircore import data, trainer
+from ircore.mesh import initialize_distributed
+
+
+class TrainSetupError(ValueError):
+    """A user-facing configuration problem (unsupported model head, bad schedule, ...)."""
+
+
+def diffusion_config() -> ml_collections.ConfigDict:
+    """The ``diffusion`` section: the linear beta schedule of the DeqIR samplers."""
+    return ml_collections.ConfigDict({"beta_start": 1e-4, "beta_end": 2e-2, "num_steps": schedule.NUM_DIFFUSION_TIMESTEPS})
+
+
+def alphas_cumprod(cfg: Any) -> jax.Array:
+    """abar_t for t = 0 .. T-1, (T,) float32, from ``cfg.diffusion``."""
+    d = cfg.diffusion
+    if int(d.num_steps) != schedule.NUM_DIFFUSION_TIMESTEPS:
+        raise TrainSetupError(f"diffusion.num_steps must be {schedule.NUM_DIFFUSION_TIMESTEPS} (the samplers' "
+                              f"chain is defined on that grid), got {d.num_steps}")
+    betas = schedule.linear_betas(float(d.beta_start), float(d.beta_end), int(d.num_steps))
+    return jnp.asarray(schedule.alphas_cumprod(betas))
+
+
+def _check_model(cfg: Any) -> None:
+    if cfg.model.get("learn_sigma", False):
+        raise TrainSetupError("model.learn_sigma=True needs guided-diffusion's hybrid VLB loss; this trainer fits "
+                              "the epsilon objective only: set --config.model.learn_sigma=False")
+    if cfg.model.get("class_cond", False):
+        raise TrainSetupError("DeqIR priors are unconditional: set --config.model.class_cond=False")
+
+
+def q_sample(abar: jax.Array, x0: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:
+    """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps for x0, noise (B, H, W, C) and t (B,) int."""
+    a = abar[t][:, None, None, None]
+    return jnp.sqrt(a) * x0 + jnp.sqrt(1.0 - a) * noise
+
+
+def epsilon_loss(eps_fn: Callable[[jax.Array, jax.Array], jax.Array], abar: jax.Array, x0: jax.Array,
+                 key: jax.Array) -> jax.Array:
+    """Per-sample DDPM loss (B,): mean over pixels of (eps - eps_fn(x_t, t))^2, t and eps drawn from ``key``."""
+    if x0.ndim != 4:
+        raise ValueError(f"x0 must be NHWC, got shape {x0.shape}")
+    k_t, k_eps = jax.random.split(key)
+    t = jax.random.randint(k_t, (x0.shape[0],), 0, abar.shape[0])
+    eps = jax.random.normal(k_eps, x0.shape, jnp.float32)
+    pred = eps_fn(q_sample(abar, x0, t, eps), t)
+    if pred.shape != x0.shape:
+        raise ValueError(f"the model returns {pred.shape}, expected epsilon of shape {x0.shape}")
+    return jnp.mean((eps - pred.astype(jnp.float32)) ** 2, axis=(1, 2, 3))
+
+
+def make_loss_fn(cfg: Any) -> trainer.LossFn:
+    """``(params, frozen, batch, key) -> (loss, {"mse"})`` for one micro-batch ``{"hq": uint8}``."""
+    _check_model(cfg)
+    model = models.model_from_config(cfg.model)
+    abar = alphas_cumprod(cfg)
+    dropout = float(cfg.model.get("dropout", 0.0)) > 0
+
+    def loss_fn(params, frozen, batch, key):  # noqa: ARG001 (no frozen networks)
+        x0 = data.hq_to_float(batch["hq"])
+        k_loss, k_drop = jax.random.split(key)
+
+        def eps_fn(x, t):
+            if dropout:
+                return model.apply({"params": params}, x, t, train=True, rngs={"dropout": k_drop})
+            return model.apply({"params": params}, x, t)
+
+        mse = jnp.mean(epsilon_loss(eps_fn, abar, x0, k_loss))
+        return mse, {"mse": mse}
+
+    return loss_fn
+
+
+def init_params_fn(cfg: Any) -> Callable[[jax.Array], Any]:
+    """``key -> params``: a random initialisation of ``cfg.model`` at its ``image_size``."""
+    model = models.model_from_config(cfg.model)
+    size, channels = int(cfg.model.image_size), int(cfg.model.get("in_channels", 3))
+
+    def init(key):
+        x = jnp.zeros((1, size, size, channels), jnp.float32)
+        return model.init(key, x, jnp.zeros((1,), jnp.int32))["params"]
+
+    return init
+
+
+def build_trainer(cfg: Any, workdir: str | os.PathLike, *, print_fn: Any = print) -> trainer.Trainer:
+    """The :class:`ircore.trainer.Trainer` of a prior-training config (``model``, ``diffusion``, ``train``,
+    ``data``)."""
+    if int(cfg.data.crop_size) % 8:
+        raise TrainSetupError(f"data.crop_size {cfg.data.crop_size} must be a multiple of 8")
+    return trainer.Trainer(
+        cfg.train, workdir,
+        init_params=init_params_fn(cfg),
+        loss_fn=make_loss_fn(cfg),
+        metadata={"config": json.loads(cfg.to_json_best_effort())},
+        print_fn=print_fn,
+    )
+
+
+def train(cfg: Any, workdir: str | os.PathLike, *, export: str | None = None, overwrite: bool = False,
+          print_fn: Any = print) -> trainer.TrainState:
+    """Trains (resuming from ``workdir`` if it holds checkpoints); with ``export``, writes the EMA parameters
+    there as a parameter checkpoint (metadata: the model config, the step, the data source)."""
+    workdir = pathlib.Path(workdir)
+    if export and pathlib.Path(export).exists() and not overwrite:
+        raise TrainSetupError(f"export folder {export} already exists; pass --overwrite to replace it")
+    tr = build_trainer(cfg, workdir, print_fn=print_fn)
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
+    batches = data.make_train_batches(cfg.data, seed=int(cfg.train.seed), global_batch=tr.global_batch,
+                                      rows=tr.local_rows)
+    state = tr.fit(batches)
+    if export:
+        trainer.export_ema(state, export, {"kind": "deqir_prior", "model": cfg.model.to_dict(),
+                                           "diffusion": cfg.diffusion.to_dict()}, overwrite=overwrite)
+        if print_fn is not None and jax.process_index() == 0:
+            print_fn(f"exported the EMA parameters of step {int(state.step)} to {export}", flush=True)
+    return state
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+def main(argv: list[str] | None = None) -> None:
+    from absl import app, flags  # noqa: PLC0415
+    from ml_collections import config_flags  # noqa: PLC0415
+
+    config_flag = config_flags.DEFINE_config_file("config", None, "prior training config (configs/deqir/*.py)",
+                                                  lock_config=True)
+    workdir_flag = flags.DEFINE_string("workdir", None, "folder for checkpoints and logs (resumes if present)")
+    export_flag = flags.DEFINE_string("export", None, "write the final EMA parameters to this folder")
+    overwrite_flag = flags.DEFINE_bool("overwrite", False, "replace an existing --export folder")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+    def run(_):
+        from absl import logging  # noqa: PLC0415
+
+        if not flags.FLAGS["verbosity"].present:  # orbax logs every save step at INFO
+            logging.set_verbosity(logging.WARNING)
+        initialize_distributed()
+        try:
+            train(config_flag.value, workdir_flag.value, export=export_flag.value, overwrite=overwrite_flag.value)
+        except (TrainSetupError, FileExistsError) as err:
+            raise SystemExit(f"error: {err}") from None
+
+    app.run(run, argv=argv)
+
+
+if __name__ == "__main__":
+    main()
