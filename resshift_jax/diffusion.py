@@ -312,6 +312,12 @@ def upsample_lq(sched: Schedule, y: jax.Array) -> jax.Array:
     return resize.interpolate_bicubic(y, scale_factor=float(sched.sf))
 
 
+def network_lq(sched: Schedule, lq: jax.Array, *, pixel_space: bool) -> jax.Array:
+    """The UNet's ``lq`` input. Latent models take the LQ image as it is (their feature extractor brings it to
+    the latent size); a pixel-space model runs at the output size, so it gets the bicubic-upsampled LQ."""
+    return upsample_lq(sched, lq) if pixel_space else lq
+
+
 def encode_first_stage(
     encode_fn: Optional[ImageFn], sched: Schedule, x: jax.Array, *, up_sample: bool = False
 ) -> jax.Array:

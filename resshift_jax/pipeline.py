@@ -122,11 +122,12 @@ def build_restorer(settings: RestoreSettings) -> Callable:
     parts = json.loads(settings.config_json)
     dtype = _DTYPES[settings.dtype]
     unet = unet_swin.model_from_config(parts["model"], dtype=dtype)
-    ae = vq.model_from_config(parts["autoencoder"])
+    pixel_space = vq.is_pixel_space(parts["autoencoder"])
+    ae = None if pixel_space else vq.model_from_config(parts["autoencoder"])
     sched = sch.schedule_from_config(parts["diffusion"])
     offset = parts["padding_offset"]
     sf, steps = sched.sf, sched.num_timesteps
-    f = ae.downsampling_factor
+    f, channels = (1, unet.in_channels) if pixel_space else (ae.downsampling_factor, ae.embed_dim)
 
     def fn(unet_params, vq_params, lq, mask, key, noises):
         batch, height, width, _ = lq.shape
@@ -139,6 +140,7 @@ def build_restorer(settings: RestoreSettings) -> Callable:
 
         def model_fn(x_in, t, cond):
             y, m = cond
+            y = dif.network_lq(sched, y, pixel_space=pixel_space)
             return unet.apply({"params": unet_params}, x_in, t, lq=y, mask=m)
 
         def encode_fn(img):
@@ -147,12 +149,14 @@ def build_restorer(settings: RestoreSettings) -> Callable:
         def decode_fn(z):
             return ae.apply({"params": vq_params}, z, method=vq.VQModel.decode)
 
+        first_stage = (None, None) if pixel_space else (encode_fn, decode_fn)
+
         def per_tile(tiles, call_index):
             y, m = (tiles[..., :3], tiles[..., 3:]) if mask is not None else (tiles, None)
             n_tiles = tiles.shape[0] // batch
             ph = math.ceil(tiles.shape[1] / offset) * offset
             pw = math.ceil(tiles.shape[2] / offset) * offset
-            latent = (batch, ph * sf // f, pw * sf // f, ae.embed_dim)
+            latent = (batch, ph * sf // f, pw * sf // f, channels)
             if noises is not None:
                 noise_T, step_noises = noises
             else:
@@ -160,7 +164,8 @@ def build_restorer(settings: RestoreSettings) -> Callable:
                          for k in range(n_tiles)]
                 noise_T = jnp.concatenate([d[0] for d in drawn], axis=0)
                 step_noises = jnp.concatenate([d[1] for d in drawn], axis=1)
-            return dif.restore(model_fn, sched, y, encode_fn=encode_fn, decode_fn=decode_fn, noise_T=noise_T,
+            encode, decode = first_stage
+            return dif.restore(model_fn, sched, y, encode_fn=encode, decode_fn=decode, noise_T=noise_T,
                                step_noises=step_noises, cond=(y, m), pad_multiple=offset, clamp=True)
 
         out = tiling.tiled_apply(per_tile, x, tile_size=settings.tile_size, overlap=settings.tile_overlap,
@@ -219,7 +224,8 @@ def restore_image(
     Args:
       lq: the low-quality image batch (usually B = 1).
       unet_params, vq_params: Flax params of the UNet (``cfg.model``) and the VQ autoencoder
-        (``cfg.autoencoder``), e.g. from ``ircore.checkpoints.restore_params``.
+        (``cfg.autoencoder``), e.g. from ``ircore.checkpoints.restore_params``; ``vq_params`` is ignored
+        (pass None) for a pixel-space model (``autoencoder.kind = "none"``).
       cfg: a ResShift config (``configs/resshift/*.py``): ``model``, ``diffusion``, ``autoencoder``,
         ``padding_offset``.
       key: PRNG key (needed unless ``noises`` is given).

@@ -15,7 +15,9 @@ One train step (jitted once over the ``("data", "fsdp")`` mesh) does, per micro-
    ``LPIPS-VGG(clip(x0), hq)``; ``loss = mean(mse_weight * mse + lpips_weight * lpips)``, a non-finite LPIPS
    counting as 0 (as the official trainer does).
 
-The VQ comes from ``autoencoder_checkpoint`` (orbax folder from ``resshift_jax.convert`` or a ``.pth``); the
+The VQ comes from ``autoencoder_checkpoint`` (orbax folder from ``resshift_jax.convert`` or a ``.pth``); with
+``autoencoder.kind = "none"`` the model is trained in pixel space (no encoder / decoder: ``z = x``, and the
+UNet's ``lq`` condition is the bicubic-upsampled LQ, :func:`resshift_jax.diffusion.network_lq`). The
 UNet starts from ``unet_checkpoint`` if given, else from a random initialisation. Validation (every
 ``train.eval_every`` steps): the EMA UNet restores the held-out ``data.eval`` images (LQ made with a fixed
 key), PSNR / SSIM on the Y channel and a few sample images go to the logs.
@@ -80,18 +82,21 @@ def _load_part(path: str, part: str, cfg: Any) -> Any:
 def load_frozen(cfg: Any) -> dict:
     """Host parameters of the frozen networks: ``{"vq": ..., "lpips": ... (only with an LPIPS term)}``."""
     use_lpips = cfg.loss.lpips_weight > 0
-    if not (cfg.autoencoder_checkpoint or cfg.autoencoder_random_init):
+    pixel_space = vq.is_pixel_space(cfg.autoencoder)
+    if not pixel_space and not (cfg.autoencoder_checkpoint or cfg.autoencoder_random_init):
         raise TrainSetupError("no autoencoder given: pass --config.autoencoder_checkpoint=DIR (convert the "
                               "released VQ .pth with python -m resshift_jax.convert)")
     if use_lpips and not (cfg.lpips.vgg_weights or cfg.lpips.random_init):
         raise TrainSetupError(
             "the loss has an LPIPS term but no weights: pass --config.lpips.vgg_weights=vgg16-397923af.pth "
             "and --config.lpips.lin_weights=vgg.pth (lpips v0.1), or set --config.loss.lpips_weight=0")
-    if cfg.autoencoder_checkpoint:
-        vq_params = _load_part(cfg.autoencoder_checkpoint, "autoencoder", cfg)
-    else:
-        vq_params = jax.jit(lambda key: vq.init_params(cfg.autoencoder, key))(jax.random.key(1))
-    frozen = {"vq": jax.device_get(vq_params)}
+    frozen = {}
+    if not pixel_space:
+        if cfg.autoencoder_checkpoint:
+            vq_params = _load_part(cfg.autoencoder_checkpoint, "autoencoder", cfg)
+        else:
+            vq_params = jax.jit(lambda key: vq.init_params(cfg.autoencoder, key))(jax.random.key(1))
+        frozen["vq"] = jax.device_get(vq_params)
     if use_lpips:
         if cfg.lpips.vgg_weights:
             frozen["lpips"] = lpips.load_torch_weights(cfg.lpips.vgg_weights, cfg.lpips.lin_weights or None)
@@ -134,10 +139,26 @@ def make_degrade(cfg: Any) -> Callable[[jax.Array, jax.Array], tuple[jax.Array, 
     return face
 
 
-def _networks(cfg: Any) -> tuple[unet_swin.UNetModelSwin, vq.VQModel]:
+def _networks(cfg: Any) -> tuple[unet_swin.UNetModelSwin, Optional[vq.VQModel]]:
     unet = unet_swin.model_from_config(cfg, dtype=_dtype(cfg.train.compute_dtype))
+    if vq.is_pixel_space(cfg.autoencoder):
+        return unet, None
     autoencoder = vq.model_from_config(cfg.autoencoder, dtype=_dtype(cfg.train.frozen_dtype))
     return unet, autoencoder
+
+
+def _first_stage(autoencoder: Optional[vq.VQModel], vq_params: Any) -> tuple[Optional[Callable], Optional[Callable]]:
+    """(encode, decode) of the frozen VQ in float32 out, or (None, None) in pixel space."""
+    if autoencoder is None:
+        return None, None
+
+    def encode(x):
+        return autoencoder.apply({"params": vq_params}, x, method=vq.VQModel.encode).astype(jnp.float32)
+
+    def decode(z):
+        return autoencoder.apply({"params": vq_params}, z, method=vq.VQModel.decode).astype(jnp.float32)
+
+    return encode, decode
 
 
 def make_loss_fn(cfg: Any) -> trainer.LossFn:
@@ -148,14 +169,13 @@ def make_loss_fn(cfg: Any) -> trainer.LossFn:
     mse_weight, lpips_weight = float(cfg.loss.mse_weight), float(cfg.loss.lpips_weight)
     lpips_dtype = _dtype(cfg.train.frozen_dtype)
     steps = sched.num_timesteps
+    pixel_space = autoencoder is None
 
     def loss_fn(params, frozen, batch, key):
         hq = data.hq_to_float(batch["hq"])
         k_deg, k_t, k_noise = jax.random.split(key, 3)
         target, lq, mask = degrade(k_deg, hq)
-
-        def encode(x):
-            return autoencoder.apply({"params": frozen["vq"]}, x, method=vq.VQModel.encode).astype(jnp.float32)
+        encode, decode = _first_stage(autoencoder, frozen.get("vq"))
 
         z_y = jax.lax.stop_gradient(diffusion.encode_first_stage(encode, sched, lq, up_sample=True))
         z_0 = jax.lax.stop_gradient(diffusion.encode_first_stage(encode, sched, target))
@@ -164,13 +184,14 @@ def make_loss_fn(cfg: Any) -> trainer.LossFn:
 
         def model_fn(x, tt, cond):
             lq_c, mask_c = cond
+            lq_c = diffusion.network_lq(sched, lq_c, pixel_space=pixel_space)
             return unet.apply({"params": params}, x, tt, lq=lq_c, mask=mask_c).astype(jnp.float32)
 
         out = diffusion.training_loss(model_fn, sched, z_0, z_y, t, noise, (lq, mask))
         per_sample = mse_weight * out["mse"]
         aux = {"mse": jnp.mean(out["mse"])}
         if lpips_weight > 0:
-            x0 = autoencoder.apply({"params": frozen["vq"]}, out["pred_zstart"], method=vq.VQModel.decode)
+            x0 = out["pred_zstart"] if pixel_space else decode(out["pred_zstart"])
             dist = lpips.lpips_distance(frozen["lpips"], jnp.clip(x0.astype(jnp.float32), -1, 1), target,
                                         dtype=lpips_dtype)
             dist = jnp.where(jnp.isfinite(dist), dist, 0.0)
@@ -214,16 +235,14 @@ def make_eval_fn(cfg: Any, tr: trainer.Trainer) -> Optional[trainer.EvalFn]:
     target, lq, mask = jax.device_get(jax.jit(degrade)(jax.random.fold_in(key, 0), hq))
     replicated = jax.sharding.NamedSharding(tr.mesh, jax.sharding.PartitionSpec())
 
+    pixel_space = autoencoder is None
+
     def restore(params, frozen, lq, mask, noise_key):
         def model_fn(x, tt, cond):
-            return unet.apply({"params": params}, x, tt, lq=cond[0], mask=cond[1]).astype(jnp.float32)
+            lq_c = diffusion.network_lq(sched, cond[0], pixel_space=pixel_space)
+            return unet.apply({"params": params}, x, tt, lq=lq_c, mask=cond[1]).astype(jnp.float32)
 
-        def encode(x):
-            return autoencoder.apply({"params": frozen["vq"]}, x, method=vq.VQModel.encode).astype(jnp.float32)
-
-        def decode(z):
-            return autoencoder.apply({"params": frozen["vq"]}, z, method=vq.VQModel.decode).astype(jnp.float32)
-
+        encode, decode = _first_stage(autoencoder, frozen.get("vq"))
         return diffusion.restore(model_fn, sched, lq, encode_fn=encode, decode_fn=decode,
                                  key=noise_key, cond=(lq, mask))
 
@@ -266,16 +285,27 @@ def build_trainer(cfg: Any, workdir: str | os.PathLike, *, print_fn: Any = print
     return tr
 
 
-def train(cfg: Any, workdir: str | os.PathLike, *, print_fn: Any = print) -> trainer.TrainState:
-    """Builds everything from ``cfg`` and trains (resuming from ``workdir`` if it holds checkpoints)."""
+def train(cfg: Any, workdir: str | os.PathLike, *, export: Optional[str] = None, overwrite: bool = False,
+          print_fn: Any = print) -> trainer.TrainState:
+    """Builds everything from ``cfg`` and trains (resuming from ``workdir`` if it holds checkpoints); with
+    ``export``, writes the final EMA UNet there as a parameter checkpoint (``--config.unet_checkpoint`` of
+    ``python -m resshift_jax.sample``)."""
     workdir = pathlib.Path(workdir)
+    if export and pathlib.Path(export).exists() and not overwrite:
+        raise TrainSetupError(f"export folder {export} already exists; pass --overwrite to replace it")
     tr = build_trainer(cfg, workdir, print_fn=print_fn)
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
     batches = data.make_train_batches(cfg.data, seed=int(cfg.train.seed), global_batch=tr.global_batch,
                                       rows=tr.local_rows)
-    return tr.fit(batches)
+    state = tr.fit(batches)
+    if export:
+        trainer.export_ema(state, export, {"part": "unet", "config_name": cfg.get("name", ""),
+                                           "model": cfg.model.to_dict()}, overwrite=overwrite)
+        if print_fn is not None and jax.process_index() == 0:
+            print_fn(f"exported the EMA UNet of step {int(state.step)} to {export}", flush=True)
+    return state
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -286,6 +316,8 @@ def main(argv: list[str] | None = None) -> None:
     config_flag = config_flags.DEFINE_config_file("config", None, "ResShift config file (configs/resshift/*.py)",
                                                   lock_config=True)
     workdir_flag = flags.DEFINE_string("workdir", None, "folder for checkpoints and logs (resumes if present)")
+    export_flag = flags.DEFINE_string("export", None, "write the final EMA UNet to this folder")
+    overwrite_flag = flags.DEFINE_bool("overwrite", False, "replace an existing --export folder")
     flags.mark_flags_as_required(["config", "workdir"])
 
     def run(_):
@@ -295,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
             logging.set_verbosity(logging.WARNING)
         initialize_distributed()
         try:
-            train(config_flag.value, workdir_flag.value)
+            train(config_flag.value, workdir_flag.value, export=export_flag.value, overwrite=overwrite_flag.value)
         except TrainSetupError as err:
             raise SystemExit(f"error: {err}") from None
 

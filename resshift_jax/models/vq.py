@@ -311,6 +311,15 @@ def _as_dtype(value: Any) -> Any:
     return jnp.dtype(value) if value is not None else jnp.dtype(jnp.float32)
 
 
+PIXEL_SPACE = "none"  # ``autoencoder.kind`` of a pixel-space ResShift model (no first stage)
+
+
+def is_pixel_space(cfg: Any) -> bool:
+    """True when an ``autoencoder`` config section is absent or has ``kind == "none"``: the diffusion then runs
+    on the images themselves (the official code's ``autoencoder: None``)."""
+    return cfg is None or (hasattr(cfg, "get") and cfg.get("kind") == PIXEL_SPACE)
+
+
 def model_from_config(cfg: ConfigLike, *, dtype: Any = None) -> VQModel:
     """Builds :class:`VQModel` from the official ``autoencoder.params`` (``ddconfig``, ``n_embed``, ``embed_dim``).
 

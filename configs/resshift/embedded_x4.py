@@ -1,0 +1,61 @@
+"""The embedded default ResShift model of this project (not a released model): x4 super-resolution in pixel space.
+
+Reproduce the shipped weights (``resshift_jax/embedded/sr_x4``; needs ``pip install -e ".[embedded]"`` for the
+training photographs of scikit-image and scikit-learn):
+
+    python -m resshift_jax.train --config configs/resshift/embedded_x4.py:train --workdir runs/resshift_embedded_x4 \
+        --export resshift_jax/embedded/sr_x4 --overwrite
+
+The released ``bicsr_x4`` diffusion (4 steps, kappa 2, p 0.3, min noise 0.2, x0 prediction) on images instead
+of VQ latents (``autoencoder.kind = "none"``, ``latent_flag = False``): the Swin-UNet (1.5 M parameters, Swin
+stage at 1/4 resolution) sees the noisy image and the bicubic-upsampled LQ at the output size. Trained with
+the MSE loss only (LPIPS weights cannot be had offline) on batches of 16 32x32 HQ crops at random scales of
+the 12 training photos of ``ircore.photos`` with MATLAB-bicubic x4 LQ synthesised in the step; AdamW 5e-4,
+200 warm-up steps, cosine decay to 5e-5, clipping at 1, EMA 0.999. The held-out photos are never read.
+``get_config()`` is the sampling preset (``unet_checkpoint`` = the shipped weights), ``get_config("train")`` the
+same with training from scratch, ``get_config("smoke")`` the training recipe for a few steps (tests).
+"""
+import pathlib
+
+import ml_collections
+
+from ircore.config_utils import load_config_file
+
+_HERE = pathlib.Path(__file__).parent
+_CHECKPOINT = _HERE.parents[1] / "resshift_jax" / "embedded" / "sr_x4"
+
+
+def get_config(variant: str = "sample") -> ml_collections.ConfigDict:
+    if variant not in ("sample", "train", "smoke"):
+        raise ValueError(f"variant must be 'sample', 'train' or 'smoke', got {variant!r}")
+    cfg = load_config_file(_HERE / "base.py", "bicsr_x4")
+    cfg.name = "embedded_x4"
+    cfg.official_config = ""
+    cfg.checkpoint_name = "resshift_jax/embedded/sr_x4"
+    cfg.checkpoint_url = ""
+    cfg.model.update({
+        "image_size": 32, "in_channels": 3, "out_channels": 3, "model_channels": 32, "channel_mult": (1, 2, 2),
+        "num_res_blocks": (1, 1, 1), "attention_resolutions": (8,), "num_head_channels": 32, "swin_embed_dim": 64,
+        "window_size": 8, "lq_size": 32,
+    })
+    cfg.autoencoder = ml_collections.ConfigDict({"kind": "none"})
+    cfg.diffusion.latent_flag = False
+    cfg.padding_offset = 8  # LQ pixels: the x4 output is then a multiple of 32, the UNet's size multiple
+    cfg.unet_checkpoint = str(_CHECKPOINT)
+    cfg.loss.lpips_weight = 0.0
+    cfg.train.update({
+        "seed": 20261201, "global_batch": 16, "total_steps": 4000, "lr": 5e-4, "lr_min": 5e-5,
+        "warmup_steps": 200, "lr_schedule": "cosine", "grad_clip_norm": 1.0, "ema_decay": 0.999,
+        "log_every": 100, "checkpoint_every": 500, "keep_checkpoints": 2, "eval_every": 0, "tensorboard": False,
+    })
+    cfg.train.compute_dtype = "float32"
+    cfg.train.frozen_dtype = "float32"
+    cfg.data.update({"source": "photos", "photos_split": "train", "crop_size": 32, "rescale": True,
+                     "random_scale": True, "hflip": True, "num_threads": 2, "prefetch": 4})
+    cfg.data.eval.update({"source": "photos", "photos_split": "heldout", "num_images": 3, "batch": 1})
+    if variant != "sample":
+        cfg.unet_checkpoint = ""  # train from a random initialisation
+    if variant == "smoke":
+        cfg.train.update({"total_steps": 3, "warmup_steps": 1, "global_batch": 8, "log_every": 1,
+                          "checkpoint_every": 3, "fast_compile": True})
+    return cfg
