@@ -1,15 +1,20 @@
 """Restore images with DeqIR: ``python -m deqir_jax.sample --config configs/deqir/<task>.py [--config.x=y]``.
 
+    python -m deqir_jax.sample      # the embedded default: bicubic SR x4 of a bundled held-out photo, 64x64
     python -m deqir_jax.sample --config configs/deqir/sr_x4.py \
         --config.checkpoint=checkpoints/imagenet256_uncond --config.input=photos/ --config.output=out/
 
-For every image (one file or every image of a folder) it synthesises the measurement y = A x (+ noise)
+With no ``--config`` the preset is :data:`DEFAULT_CONFIG` (``configs/deqir/sr_bicubic_x4.py:embedded``, the
+degradation of the ResShift default too: the small prior
+this project trained and ships, restoring the bundled held-out photo of :mod:`ircore.photos`). For every image (one file or every image of a folder) it synthesises the measurement y = A x (+ noise)
 from the clean image, or takes y as given (``--config.input_is_measurement``), runs the parallel
 fixed-point solver (or ``--config.sampler=sequential``) and writes, into ``<output>/<image name>/``:
-``restored.png``, ``measurement.png`` (y, or A^+ y for vector measurements), ``reference.png`` (when there
-is one), ``metrics.json`` (PSNR/SSIM against the reference, iterations, residual history, NFE, wall
-time) and ``convergence.png`` (relative residual per map evaluation). Existing results are never
-overwritten unless ``--config.overwrite``. :func:`restore_files` is the same from Python.
+``restored.png``, ``measurement.png`` (the degraded input: y, or A^+ y for vector measurements),
+``reference.png`` (when there is one), ``side_by_side.png`` (degraded | restored | reference),
+``metrics.json`` (PSNR/SSIM against the reference, iterations, residual history, NFE, wall time) and
+``convergence.png`` (relative residual per map evaluation). ``output`` empty (the default) means a fresh
+``outputs/deqir/run-<date>-<time>`` folder; existing results are never overwritten unless
+``--config.overwrite``. :func:`restore_files` is the same from Python.
 """
 from __future__ import annotations
 
@@ -31,7 +36,10 @@ from deqir_jax import operators as ops
 from deqir_jax.restore import RestoreSettings, make_init_opt_fn, make_restore_fn, nfe
 from ircore import checkpoints, images, mesh, metrics
 
-OUTPUT_FILES = ("restored.png", "measurement.png", "metrics.json", "convergence.png")
+OUTPUT_FILES = ("restored.png", "measurement.png", "side_by_side.png", "metrics.json", "convergence.png")
+DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "deqir" / "sr_bicubic_x4.py"
+DEFAULT_CONFIG_ARG = "embedded"
+DEFAULT_OUTPUT_PARENT = pathlib.Path("outputs") / "deqir"
 
 
 # ------------------------------------------------------------------------------------------ set-up pieces
@@ -155,7 +163,7 @@ def restore_files(cfg: ml_collections.ConfigDict, params: Any | None = None, *, 
     if not src.exists():
         raise FileNotFoundError(f"input {src} does not exist")
     files = images.list_images(src) if src.is_dir() else [src]
-    out_root = pathlib.Path(cfg.output)
+    out_root = pathlib.Path(cfg.output) if cfg.output else images.fresh_folder(DEFAULT_OUTPUT_PARENT)
     overwrite = bool(cfg.overwrite)
     for file in files:
         existing = [n for n in OUTPUT_FILES if (out_root / file.stem / n).exists()]
@@ -224,6 +232,9 @@ def restore_files(cfg: ml_collections.ConfigDict, params: Any | None = None, *, 
             "wall_time_s": wall,
             "consistency_l2": float(jnp.sqrt(jnp.sum((op.A(out.x0) - y) ** 2))),
             "sigma_y": float(cfg.sigma_y),
+            "image_size": size,
+            "folder": str((out_root / file.stem).resolve()),
+            "side_by_side": ["degraded", "restored"] + (["reference"] if reference is not None else []),
             **opt_record,
         }
         if reference is not None:
@@ -233,9 +244,13 @@ def restore_files(cfg: ml_collections.ConfigDict, params: Any | None = None, *, 
         folder = out_root / file.stem
         folder.mkdir(parents=True, exist_ok=True)
         images.write_png(folder / "restored.png", np.asarray(out.x0))
-        images.write_png(folder / "measurement.png", measurement_image(op, y))
+        degraded = measurement_image(op, y)
+        images.write_png(folder / "measurement.png", degraded)
+        panels = [degraded, np.asarray(out.x0)]
         if reference is not None:
             images.write_png(folder / "reference.png", reference)
+            panels.append(reference)
+        images.write_png(folder / "side_by_side.png", images.side_by_side(panels))
         if settings.sampler == "parallel":
             plot_convergence(np.asarray(out.residuals), folder / "convergence.png",
                              f"{file.name}: {settings.solver}, T={settings.timesteps}")
@@ -264,18 +279,28 @@ def main(argv: list[str] | None = None) -> None:
     from absl import app, flags
     from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file("config", None, "restoration preset (configs/deqir/<task>.py)")
+    default = f"{DEFAULT_CONFIG}:{DEFAULT_CONFIG_ARG}" if DEFAULT_CONFIG.is_file() else None
+    config_flags.DEFINE_config_file("config", default,
+                                    "restoration preset (configs/deqir/<task>.py[:imagenet|celeba|embedded]); "
+                                    "default: the embedded SR x4 preset")
 
     def run(_):
+        from absl import logging  # noqa: PLC0415
+
+        if not flags.FLAGS["verbosity"].present:  # orbax and matplotlib log at INFO
+            logging.set_verbosity(logging.WARNING)
         cfg = flags.FLAGS.config
         if cfg is None:
-            raise app.UsageError("--config is required, e.g. --config configs/deqir/sr_x4.py")
+            raise app.UsageError(f"no --config given and the default preset {DEFAULT_CONFIG} is not here (the "
+                                 "package was installed without its repository): pass --config "
+                                 "configs/deqir/<task>.py")
         results = restore_files(cfg)
         for r in results:
             quality = f" PSNR {r['psnr']:.2f} dB SSIM {r['ssim']:.4f}" if "psnr" in r else ""
             print(f"{r['image']}: {r['status']} after {r['map_evaluations']} evaluations "
                   f"(NFE {r['nfe']}), {r['wall_time_s']:.1f} s{quality}")
-        print(f"results in {pathlib.Path(cfg.output).resolve()}")
+        for folder in dict.fromkeys(r["folder"] for r in results):
+            print(f"results in {folder}")
 
     app.run(run, argv=argv)
 

@@ -1,5 +1,6 @@
-"""Restore one image or a folder of images with a released ResShift model.
+"""Restore one image or a folder of images with a ResShift model.
 
+    python -m resshift_jax.sample      # the embedded default: x4 SR of a bundled held-out photo
     python -m resshift_jax.sample --config configs/resshift/realsr_x4_v3.py --in photo.png --out results \
         --config.unet_checkpoint=checkpoints/realsr_x4_v3/unet \
         --config.autoencoder_checkpoint=checkpoints/realsr_x4_v3/autoencoder
@@ -8,7 +9,15 @@ The two checkpoint directories are written by ``python -m resshift_jax.convert``
 ``.pth``, one for the autoencoder ``.pth``). Inpainting models need ``--mask`` (a file for one image, a folder
 with same-named files for a folder; white / 1 = unknown); the known pixels are pasted back.
 
-Outputs are ``<out>/<input stem>.png`` (8-bit, written atomically). An existing output is never replaced
+With no ``--in``, the command degrades a clean image (``--hq IMAGE``, default the bundled held-out photo of
+:mod:`ircore.photos`) with MATLAB bicubic x sf, restores it and writes ``lq.png`` (the degraded input),
+``bicubic.png`` (the bicubic baseline), ``restored.png``, ``reference.png``, ``side_by_side.png`` (LQ |
+bicubic | restored | reference) and ``metrics.json`` (PSNR / SSIM, RGB and Y channel, of the restored and the
+bicubic image, wall time); :func:`restore_clean_image` is the same from Python. ``--config`` defaults to
+:data:`DEFAULT_CONFIG` (the small pixel-space x4 model this project trained and ships), ``--out`` to a fresh
+``outputs/resshift/run-<date>-<time>`` folder.
+
+Outputs of ``--in`` runs are ``<out>/<input stem>.png`` (8-bit, written atomically). An existing output is never replaced
 without ``--overwrite``: for one image that is an error, in a folder run the image is skipped (so an
 interrupted run can be resumed). Every problem is reported as one line on stderr, exit status 1.
 
@@ -26,9 +35,11 @@ Sampling settings are config fields (added here when the config file lacks them;
 """
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import sys
+import time
 import zlib
 from typing import Any, Iterable, Optional
 
@@ -36,8 +47,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from ircore import checkpoints, images
-from resshift_jax import pipeline
+from ircore import checkpoints, images, metrics, photos
+from resshift_jax import pipeline, resize
+from resshift_jax.models import vq
+
+DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "resshift" / "embedded_x4.py"
+DEFAULT_OUTPUT_PARENT = pathlib.Path("outputs") / "resshift"
 
 
 class SampleError(ValueError):
@@ -120,9 +135,12 @@ def _load(directory: str, field: str, part: str) -> Any:
 
 
 def load_networks(cfg: ml_collections.ConfigDict) -> tuple[Any, Any]:
-    """(unet_params, vq_params) from ``cfg.unet_checkpoint`` / ``cfg.autoencoder_checkpoint``."""
-    return (_load(cfg.get("unet_checkpoint", ""), "unet_checkpoint", "unet"),
-            _load(cfg.get("autoencoder_checkpoint", ""), "autoencoder_checkpoint", "autoencoder"))
+    """(unet_params, vq_params) from ``cfg.unet_checkpoint`` / ``cfg.autoencoder_checkpoint`` (vq_params is
+    None for a pixel-space model)."""
+    unet = _load(cfg.get("unet_checkpoint", ""), "unet_checkpoint", "unet")
+    if vq.is_pixel_space(cfg.autoencoder):
+        return unet, None
+    return unet, _load(cfg.get("autoencoder_checkpoint", ""), "autoencoder_checkpoint", "autoencoder")
 
 
 # ----------------------------------------------------------------------------------------------- files
@@ -265,6 +283,82 @@ def restore_files(
     return written
 
 
+def _scores(restored: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    a, b = images.to_unit(np.clip(restored, -1.0, 1.0)), images.to_unit(reference)
+    return {"psnr": float(metrics.psnr(a, b)[0]), "ssim": float(metrics.ssim(a, b)[0]),
+            "psnr_y": float(metrics.psnr(a, b, y_channel=True)[0]),
+            "ssim_y": float(metrics.ssim(a, b, y_channel=True)[0])}
+
+
+def degrade_and_restore(
+    hq: np.ndarray, cfg: ml_collections.ConfigDict, networks: tuple[Any, Any], key: jax.Array
+) -> dict[str, Any]:
+    """A clean (1, H, W, 3) image in [-1, 1] -> ``{"hq", "lq", "bicubic", "restored", "wall_time_s"}``.
+
+    The image is cropped to a multiple of sf at the bottom/right, degraded with MATLAB bicubic x 1/sf (the
+    ``bicsr`` training degradation), restored with ``cfg``'s sampling settings (:func:`with_sample_fields`)
+    and up-sampled with PyTorch bicubic for the baseline (clamped to [-1, 1]). ``wall_time_s`` covers the
+    restoration call (compilation included on a first call)."""
+    from resshift_jax.degradations import bicubic_degrade  # noqa: PLC0415
+
+    cfg = with_sample_fields(cfg)
+    sf = int(cfg.diffusion.sf)
+    if sf < 2 or cfg.model.get("cond_mask", False):
+        raise SampleError(f"model {cfg.get('name', '')!r} is not a super-resolution model (sf {sf}); degrading a "
+                          f"clean image needs one: give its LQ input with --in")
+    height, width = hq.shape[1] // sf * sf, hq.shape[2] // sf * sf
+    if height == 0 or width == 0:
+        raise SampleError(f"the clean image ({hq.shape[1]}x{hq.shape[2]}) is smaller than the scale factor {sf}")
+    hq = np.asarray(hq[:, :height, :width], np.float32)
+    lq = np.asarray(bicubic_degrade(hq, sf), np.float32)
+    start = time.perf_counter()
+    restored = pipeline.restore_image(
+        lq, networks[0], networks[1], cfg, key, tile_size=cfg.tile_size, tile_overlap=cfg.tile_overlap,
+        batch_size=cfg.batch_size, weighting=cfg.tile_weighting, dtype=cfg.dtype)
+    restored = np.asarray(jax.block_until_ready(restored))
+    wall = time.perf_counter() - start
+    bicubic = np.clip(np.asarray(resize.interpolate_bicubic(lq, scale_factor=float(sf))), -1.0, 1.0)
+    return {"hq": hq, "lq": lq, "bicubic": bicubic, "restored": restored, "wall_time_s": wall}
+
+
+def restore_clean_image(
+    cfg: ml_collections.ConfigDict,
+    hq_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    networks: Optional[tuple[Any, Any]] = None,
+) -> dict[str, Any]:
+    """Degrades the clean image ``hq_path`` (bicubic x 1/sf), restores it and writes the result files (see the
+    module docstring) into ``out_dir``, which must not hold them yet; returns the metrics record."""
+    cfg = with_sample_fields(cfg)
+    hq_path, out_dir = pathlib.Path(hq_path), pathlib.Path(out_dir)
+    names = ("lq.png", "bicubic.png", "restored.png", "reference.png", "side_by_side.png", "metrics.json")
+    taken = [n for n in names if (out_dir / n).exists()]
+    if taken:
+        raise SampleError(f"{out_dir} already holds {', '.join(taken)}; choose another --out")
+    hq = _read(hq_path, "image")
+    networks = load_networks(cfg) if networks is None else networks
+    res = degrade_and_restore(hq, cfg, networks, image_key(cfg.seed, hq_path.name))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, img in (("lq", res["lq"]), ("bicubic", res["bicubic"]), ("restored", res["restored"]),
+                      ("reference", res["hq"])):
+        images.write_png(out_dir / f"{name}.png", img)
+    images.write_png(out_dir / "side_by_side.png",
+                     images.side_by_side([res["lq"], res["bicubic"], res["restored"], res["hq"]]))
+    record = {
+        "image": str(hq_path), "model": cfg.get("name", ""), "sf": int(cfg.diffusion.sf),
+        "degradation": "matlab_bicubic", "hq_size": list(res["hq"].shape[1:3]), "lq_size": list(res["lq"].shape[1:3]),
+        "steps": int(cfg.diffusion.steps), "nfe": int(cfg.diffusion.steps), "seed": int(cfg.seed),
+        "restored": _scores(res["restored"], res["hq"]), "bicubic": _scores(res["bicubic"], res["hq"]),
+        "wall_time_s": res["wall_time_s"], "folder": str(out_dir.resolve()),
+        "side_by_side": ["lq", "bicubic", "restored", "reference"],
+    }
+    tmp = out_dir / ".metrics.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, out_dir / "metrics.json")
+    return record
+
+
 # ----------------------------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> None:
     from absl import app, flags
@@ -273,12 +367,16 @@ def main(argv: list[str] | None = None) -> None:
     from ircore.config_utils import load_config_file
 
     argv = sys.argv if argv is None else argv
-    flags.DEFINE_string("in", None, "an image file or a folder of images", required=True)
-    flags.DEFINE_string("out", None, "output folder for the PNG results", required=True)
+    flags.DEFINE_string("in", None, "an LQ image file or a folder of LQ images to restore")
+    flags.DEFINE_string("hq", None, "a clean image to degrade (bicubic x sf), restore and score; the default "
+                                    "when --in is not given: the bundled held-out photo")
+    flags.DEFINE_string("out", None, "output folder (default: a fresh outputs/resshift/run-<date>-<time>)")
     flags.DEFINE_string("mask", None, "inpainting mask: a file (one image) or a folder of same-named files")
     flags.DEFINE_bool("overwrite", False, "replace existing output files")
-    config_flags.DEFINE_config_file("config", None, "ResShift config file (configs/resshift/*.py)",
-                                    lock_config=False, accept_new_attributes=True, sys_argv=argv)
+    default = str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else None
+    config_flags.DEFINE_config_file("config", default, "ResShift config file (configs/resshift/*.py); default: "
+                                    "the embedded x4 model", lock_config=False, accept_new_attributes=True,
+                                    sys_argv=argv)
 
     def fail(message: str) -> None:
         print(f"resshift_jax.sample: error: {' '.join(str(message).split())}", file=sys.stderr)
@@ -293,17 +391,33 @@ def main(argv: list[str] | None = None) -> None:
             fail(f"unexpected argument(s) {' '.join(args[1:])} (write --config.FIELD=VALUE, with '=')")
         cfg = FLAGS.config
         if cfg is None:
-            raise app.UsageError("--config is required")
+            raise app.UsageError(f"no --config given and the default {DEFAULT_CONFIG} is not here (the package "
+                                 "was installed without its repository): pass --config configs/resshift/<model>.py")
+        in_path, hq_path = FLAGS["in"].value, FLAGS.hq
         try:
+            if in_path is not None and hq_path is not None:
+                raise SampleError("give either --in (LQ inputs) or --hq (a clean image to degrade), not both")
             reference = load_config_file(config_flags.get_config_filename(FLAGS["config"]))
             typos = unknown_fields(cfg, reference)
             if typos:
                 raise SampleError(f"unknown config field(s): {', '.join(typos)}")
-            written = restore_files(cfg, FLAGS["in"].value, FLAGS.out, FLAGS.mask, overwrite=FLAGS.overwrite,
+            out = pathlib.Path(FLAGS.out) if FLAGS.out else None
+            if in_path is None:
+                if FLAGS.mask is not None:
+                    raise SampleError("--mask goes with --in (inpainting inputs)")
+                hq_path = hq_path or str(photos.bundled_path(photos.DEFAULT))
+                record = restore_clean_image(cfg, hq_path, out or images.fresh_folder(DEFAULT_OUTPUT_PARENT))
+                r, b = record["restored"], record["bicubic"]
+                print(f"{hq_path}: x{record['sf']} in {record['wall_time_s']:.1f} s, PSNR {r['psnr']:.2f} dB "
+                      f"SSIM {r['ssim']:.4f} (bicubic {b['psnr']:.2f} dB / {b['ssim']:.4f})")
+                print(f"results in {record['folder']}")
+                return
+            out = out or images.fresh_folder(DEFAULT_OUTPUT_PARENT)
+            written = restore_files(cfg, in_path, out, FLAGS.mask, overwrite=FLAGS.overwrite,
                                     log=lambda msg: print(msg, file=sys.stderr))
         except (SampleError, FileNotFoundError, ValueError) as err:
             fail(str(err))
-        print(f"wrote {len(written)} image(s) to {FLAGS.out}")
+        print(f"wrote {len(written)} image(s) to {out.resolve()}")
 
     app.run(run, argv=argv)
 

@@ -1,16 +1,22 @@
 """Defaults shared by every DeqIR restoration preset (``python -m deqir_jax.sample``).
 
-``get_config(dataset)``: ``dataset`` is ``"imagenet"`` (guided-diffusion 256x256 unconditional prior) or
-``"celeba"`` (the CelebA-HQ DDIM-style prior). The task presets next to this file override ``degradation``.
+``get_config(dataset)``: ``dataset`` is ``"imagenet"`` (guided-diffusion 256x256 unconditional prior),
+``"celeba"`` (the CelebA-HQ DDIM-style prior) or ``"embedded"`` (this project's small prior, shipped in
+``deqir_jax/embedded/prior``, on 64x64 images; its input defaults to the bundled held-out photo, so
+``python -m deqir_jax.sample`` runs with no arguments). The task presets next to this file override
+``degradation``.
 """
 import pathlib
 
 import ml_collections
 
+from ircore import photos
 from ircore.config_utils import load_config_file
 
 _HERE = pathlib.Path(__file__).parent
-PRIORS = {"imagenet": "models/imagenet256_uncond.py", "celeba": "models/celeba_hq.py"}
+PRIORS = {"imagenet": "models/imagenet256_uncond.py", "celeba": "models/celeba_hq.py",
+          "embedded": "models/embedded_small.py"}
+EMBEDDED_CHECKPOINT = _HERE.parents[1] / "deqir_jax" / "embedded" / "prior"
 
 
 def get_config(dataset: str = "imagenet") -> ml_collections.ConfigDict:
@@ -27,7 +33,7 @@ def get_config(dataset: str = "imagenet") -> ml_collections.ConfigDict:
     cfg.input_is_measurement = False  # True: `input` already holds y (e.g. a low-resolution image)
     cfg.reference = ""  # ground truth for metrics when `input` holds measurements
     cfg.resize = "center_crop"  # "center_crop" (short side to image_size, centre crop) | "none" (must fit)
-    cfg.output = "outputs/deqir"
+    cfg.output = ""  # results folder; "" = a fresh outputs/deqir/run-<date>-<time> folder
     cfg.overwrite = False  # never replace earlier results unless asked
     cfg.seed = 666  # the official global seed; x_T and z are drawn per image from it
 
@@ -62,4 +68,9 @@ def get_config(dataset: str = "imagenet") -> ml_collections.ConfigDict:
     cfg.init_opt.learning_rate = 2e-5  # official Adam lr
     cfg.init_opt.early_stop = 0.1  # stop once the loss is below this (official)
     cfg.init_opt.gradient = "implicit"  # "implicit" (adjoint fixed point) | "phantom" (official one step)
+
+    if dataset == "embedded":
+        cfg.checkpoint = str(EMBEDDED_CHECKPOINT)
+        cfg.image_size = 64
+        cfg.input = str(photos.bundled_path(photos.DEFAULT))  # a held-out photo training never saw
     return cfg
