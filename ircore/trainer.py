@@ -74,6 +74,7 @@ def default_config() -> ml_collections.ConfigDict:
         "weight_decay": 0.0,
         "grad_clip_norm": 0.0,  # global-norm clipping; 0 = off (the official trainer does not clip)
         "ema_decay": 0.999,
+        "ema_warmup": False,  # decay min(ema_decay, (1 + step) / (10 + step)): short runs forget the init
         "mesh_shape": (-1, 1),  # (data, fsdp); -1 = all remaining devices
         "fsdp_min_size": 2**18,  # leaves with at least this many elements are sharded over "fsdp"
         "log_every": 100,
@@ -236,12 +237,15 @@ def make_train_step(
     mesh: Mesh,
     accum_steps: int = 1,
     ema_decay: float = 0.999,
+    ema_warmup: bool = False,
 ) -> Callable[[TrainState, Any, Any], tuple[TrainState, dict]]:
     """The un-jitted step ``(state, frozen, batch) -> (state, metrics)``.
 
     Gradients of ``accum_steps`` micro-batches are averaged (a ``lax.scan``) before one AdamW update, then
-    ``ema = decay * ema + (1 - decay) * params``. Metrics: the loss terms (micro-batch means), ``grad_norm``
-    and ``lr`` (the rate used by this update).
+    ``ema = decay * ema + (1 - decay) * params`` with ``decay = ema_decay`` (the official trainers), or with
+    ``ema_warmup`` ``decay = min(ema_decay, (1 + n) / (10 + n))`` at update ``n`` (latent-diffusion's
+    ``LitEma``), so a run of a few thousand steps keeps no trace of the random initialisation. Metrics: the
+    loss terms (micro-batch means), ``grad_norm`` and ``lr`` (the rate used by this update).
     """
     if accum_steps < 1:
         raise ValueError(f"accum_steps must be >= 1, got {accum_steps}")
@@ -273,7 +277,11 @@ def make_train_step(
 
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        ema = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, params)
+        decay = jnp.float32(ema_decay)
+        if ema_warmup:
+            n = state.step.astype(jnp.float32)
+            decay = jnp.minimum(decay, (1.0 + n) / (10.0 + n))
+        ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
         metrics = {**metrics, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
         metrics = jax.tree_util.tree_map(lambda m: jnp.asarray(m, jnp.float32), metrics)
         return state.replace(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state), metrics
@@ -462,7 +470,8 @@ class Trainer:
                                                                            int(cfg.fsdp_min_size))
         frozen_shardings = None if frozen is None else jax.tree_util.tree_map(lambda x: x.sharding, self.frozen)
         step = make_train_step(loss_fn, self.tx, self.schedule, mesh=self.mesh,
-                               accum_steps=int(cfg.accum_steps), ema_decay=float(cfg.ema_decay))
+                               accum_steps=int(cfg.accum_steps), ema_decay=float(cfg.ema_decay),
+                               ema_warmup=bool(cfg.get("ema_warmup", False)))
         self._fast = bool(cfg.get("fast_compile", False))
         self.train_step = _maybe_fast(jax.jit(
             step,

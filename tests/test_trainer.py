@@ -155,6 +155,20 @@ def test_ema_and_step_counter():
     assert {"loss", "mse", "pred_mean", "grad_norm", "lr"} <= set(metrics)
 
 
+def test_ema_warmup_follows_the_update_count():
+    """decay_n = min(ema_decay, (1 + n) / (10 + n)): 0.1 at the first update, then ema_decay once it is smaller."""
+    tr = make_trainer("/tmp/unused", ema_warmup=True, ema_decay=0.5)
+    state = tr.init_state()
+    batches = iter(toy_batches(tr.local_rows)(0))
+    for n in range(12):
+        before = np.array(state.ema_params["dense"]["kernel"], copy=True)
+        state, _ = tr.train_step(state, tr.frozen, trainer.to_global(next(batches), tr.mesh, 16))
+        decay = min(0.5, (1 + n) / (10 + n))
+        np.testing.assert_allclose(np.asarray(state.ema_params["dense"]["kernel"]),
+                                   decay * before + (1 - decay) * np.asarray(state.params["dense"]["kernel"]),
+                                   atol=1e-6)
+
+
 def test_fit_logs_checkpoints_and_resumes_exactly(tmp_path):
     full = make_trainer(tmp_path / "full").fit(toy_batches((0, 16)))
     assert int(full.step) == 8

@@ -8,7 +8,7 @@ training photographs of scikit-image and scikit-learn):
 
 DDPM epsilon loss, batch 16 of 32x32 crops at random scales (``ircore.data`` ``random_scale``) of the 12
 training photos of ``ircore.photos`` (the 3 held-out photos are never read), AdamW 5e-4 with 200 warm-up
-steps and cosine decay to 5e-5, global-norm clipping at 1, EMA 0.999. ``get_config("smoke")`` is the same
+steps and cosine decay to 5e-5, global-norm clipping at 1, EMA 0.999 with warm-up. ``get_config("smoke")`` is the same
 recipe for a few steps (tests).
 """
 import pathlib
@@ -32,7 +32,7 @@ def get_config(variant: str = "full") -> ml_collections.ConfigDict:
     cfg.train = trainer.default_config()
     cfg.train.update({
         "seed": 20261201, "global_batch": 16, "total_steps": 3000, "lr": 5e-4, "lr_min": 5e-5,
-        "warmup_steps": 200, "lr_schedule": "cosine", "grad_clip_norm": 1.0, "ema_decay": 0.999,
+        "warmup_steps": 200, "lr_schedule": "cosine", "grad_clip_norm": 1.0, "ema_decay": 0.999, "ema_warmup": True,
         "log_every": 100, "checkpoint_every": 500, "keep_checkpoints": 2, "eval_every": 0,
         "fsdp_min_size": 2**18, "tensorboard": False,
     })

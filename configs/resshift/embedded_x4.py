@@ -11,7 +11,7 @@ of VQ latents (``autoencoder.kind = "none"``, ``latent_flag = False``): the Swin
 stage at 1/4 resolution) sees the noisy image and the bicubic-upsampled LQ at the output size. Trained with
 the MSE loss only (LPIPS weights cannot be had offline) on batches of 16 32x32 HQ crops at random scales of
 the 12 training photos of ``ircore.photos`` with MATLAB-bicubic x4 LQ synthesised in the step; AdamW 5e-4,
-200 warm-up steps, cosine decay to 5e-5, clipping at 1, EMA 0.999. The held-out photos are never read.
+200 warm-up steps, cosine decay to 5e-5, clipping at 1, EMA 0.999 with warm-up. The held-out photos are never read.
 ``get_config()`` is the sampling preset (``unet_checkpoint`` = the shipped weights), ``get_config("train")`` the
 same with training from scratch, ``get_config("smoke")`` the training recipe for a few steps (tests).
 """
@@ -44,8 +44,8 @@ def get_config(variant: str = "sample") -> ml_collections.ConfigDict:
     cfg.unet_checkpoint = str(_CHECKPOINT)
     cfg.loss.lpips_weight = 0.0
     cfg.train.update({
-        "seed": 20261201, "global_batch": 16, "total_steps": 4000, "lr": 5e-4, "lr_min": 5e-5,
-        "warmup_steps": 200, "lr_schedule": "cosine", "grad_clip_norm": 1.0, "ema_decay": 0.999,
+        "seed": 20261201, "global_batch": 16, "total_steps": 3000, "lr": 5e-4, "lr_min": 5e-5,
+        "warmup_steps": 200, "lr_schedule": "cosine", "grad_clip_norm": 1.0, "ema_decay": 0.999, "ema_warmup": True,
         "log_every": 100, "checkpoint_every": 500, "keep_checkpoints": 2, "eval_every": 0, "tensorboard": False,
     })
     cfg.train.compute_dtype = "float32"
