@@ -6,7 +6,9 @@
 
 With no ``--config`` the preset is :data:`DEFAULT_CONFIG` (``configs/deqir/sr_bicubic_x4.py:embedded``, the
 degradation of the ResShift default too: the small prior
-this project trained and ships, restoring the bundled held-out photo of :mod:`ircore.photos`). For every image (one file or every image of a folder) it synthesises the measurement y = A x (+ noise)
+this project trained and ships, restoring the bundled held-out photo of :mod:`ircore.photos`).
+
+For every image (one file or every image of a folder) it synthesises the measurement y = A x (+ noise)
 from the clean image, or takes y as given (``--config.input_is_measurement``), runs the parallel
 fixed-point solver (or ``--config.sampler=sequential``) and writes, into ``<output>/<image name>/``:
 ``restored.png``, ``measurement.png`` (the degraded input: y, or A^+ y for vector measurements),

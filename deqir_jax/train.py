@@ -42,7 +42,8 @@ class TrainSetupError(ValueError):
 
 def diffusion_config() -> ml_collections.ConfigDict:
     """The ``diffusion`` section: the linear beta schedule of the DeqIR samplers."""
-    return ml_collections.ConfigDict({"beta_start": 1e-4, "beta_end": 2e-2, "num_steps": schedule.NUM_DIFFUSION_TIMESTEPS})
+    return ml_collections.ConfigDict({"beta_start": 1e-4, "beta_end": 2e-2,
+                                      "num_steps": schedule.NUM_DIFFUSION_TIMESTEPS})
 
 
 def alphas_cumprod(cfg: Any) -> jax.Array:

@@ -17,9 +17,9 @@ bicubic image, wall time); :func:`restore_clean_image` is the same from Python. 
 :data:`DEFAULT_CONFIG` (the small pixel-space x4 model this project trained and ships), ``--out`` to a fresh
 ``outputs/resshift/run-<date>-<time>`` folder.
 
-Outputs of ``--in`` runs are ``<out>/<input stem>.png`` (8-bit, written atomically). An existing output is never replaced
-without ``--overwrite``: for one image that is an error, in a folder run the image is skipped (so an
-interrupted run can be resumed). Every problem is reported as one line on stderr, exit status 1.
+Outputs of ``--in`` runs are ``<out>/<input stem>.png`` (8-bit, written atomically). An existing output is
+never replaced without ``--overwrite``: for one image that is an error, in a folder run the image is skipped
+(so an interrupted run can be resumed). Every problem is reported as one line on stderr, exit status 1.
 
 Sampling settings are config fields (added here when the config file lacks them; override with
 ``--config.<field>=value``):
@@ -283,7 +283,8 @@ def restore_files(
     return written
 
 
-def _scores(restored: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+def image_scores(restored: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """PSNR / SSIM of a [-1, 1] image (1, H, W, 3) against the reference, on RGB and on the Y channel."""
     a, b = images.to_unit(np.clip(restored, -1.0, 1.0)), images.to_unit(reference)
     return {"psnr": float(metrics.psnr(a, b)[0]), "ssim": float(metrics.ssim(a, b)[0]),
             "psnr_y": float(metrics.psnr(a, b, y_channel=True)[0]),
@@ -349,7 +350,7 @@ def restore_clean_image(
         "image": str(hq_path), "model": cfg.get("name", ""), "sf": int(cfg.diffusion.sf),
         "degradation": "matlab_bicubic", "hq_size": list(res["hq"].shape[1:3]), "lq_size": list(res["lq"].shape[1:3]),
         "steps": int(cfg.diffusion.steps), "nfe": int(cfg.diffusion.steps), "seed": int(cfg.seed),
-        "restored": _scores(res["restored"], res["hq"]), "bicubic": _scores(res["bicubic"], res["hq"]),
+        "restored": image_scores(res["restored"], res["hq"]), "bicubic": image_scores(res["bicubic"], res["hq"]),
         "wall_time_s": res["wall_time_s"], "folder": str(out_dir.resolve()),
         "side_by_side": ["lq", "bicubic", "restored", "reference"],
     }
