@@ -98,6 +98,7 @@ def test_training_lowers_the_loss_and_exports_the_ema(tmp_path):
         train.train(cfg, tmp_path / "run2", export=str(tmp_path / "export"), print_fn=None)
 
 
+@pytest.mark.slow
 def test_cli_trains_resumes_and_exports(tmp_path):
     workdir, export = tmp_path / "run", tmp_path / "prior"
     args = [sys.executable, "-m", "deqir_jax.train", f"--config={CONFIG}:smoke", f"--workdir={workdir}",

@@ -96,6 +96,7 @@ def test_degrade_and_restore_scores_against_the_clean_image(smoke, tmp_path):
         sample.degrade_and_restore(hq, face, (params, None), jax.random.key(0))
 
 
+@pytest.mark.slow
 def test_sample_cli_clean_image_mode(smoke, tmp_path):
     cfg, params = smoke
     ckpt = checkpoints.save_params(tmp_path / "unet", params, {"part": "unet"})

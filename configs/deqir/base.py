@@ -10,13 +10,13 @@ import pathlib
 
 import ml_collections
 
+from deqir_jax.embedded import PRIOR_CHECKPOINT
 from ircore import photos
 from ircore.config_utils import load_config_file
 
 _HERE = pathlib.Path(__file__).parent
 PRIORS = {"imagenet": "models/imagenet256_uncond.py", "celeba": "models/celeba_hq.py",
           "embedded": "models/embedded_small.py"}
-EMBEDDED_CHECKPOINT = _HERE.parents[1] / "deqir_jax" / "embedded" / "prior"
 
 
 def get_config(dataset: str = "imagenet") -> ml_collections.ConfigDict:
@@ -70,7 +70,7 @@ def get_config(dataset: str = "imagenet") -> ml_collections.ConfigDict:
     cfg.init_opt.gradient = "implicit"  # "implicit" (adjoint fixed point) | "phantom" (official one step)
 
     if dataset == "embedded":
-        cfg.checkpoint = str(EMBEDDED_CHECKPOINT)
+        cfg.checkpoint = str(PRIOR_CHECKPOINT)
         cfg.image_size = 64
         cfg.input = str(photos.bundled_path(photos.DEFAULT))  # a held-out photo training never saw
     return cfg

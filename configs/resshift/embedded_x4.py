@@ -20,9 +20,9 @@ import pathlib
 import ml_collections
 
 from ircore.config_utils import load_config_file
+from resshift_jax.embedded import UNET_CHECKPOINT
 
 _HERE = pathlib.Path(__file__).parent
-_CHECKPOINT = _HERE.parents[1] / "resshift_jax" / "embedded" / "sr_x4"
 
 
 def get_config(variant: str = "sample") -> ml_collections.ConfigDict:
@@ -41,7 +41,7 @@ def get_config(variant: str = "sample") -> ml_collections.ConfigDict:
     cfg.autoencoder = ml_collections.ConfigDict({"kind": "none"})
     cfg.diffusion.latent_flag = False
     cfg.padding_offset = 8  # LQ pixels: the x4 output is then a multiple of 32, the UNet's size multiple
-    cfg.unet_checkpoint = str(_CHECKPOINT)
+    cfg.unet_checkpoint = str(UNET_CHECKPOINT)
     cfg.loss.lpips_weight = 0.0
     cfg.train.update({
         "seed": 20261201, "global_batch": 16, "total_steps": 3000, "lr": 5e-4, "lr_min": 5e-5,
