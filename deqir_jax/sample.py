@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import sys
 import time
 from typing import Any
 
@@ -165,13 +166,13 @@ def restore_files(cfg: ml_collections.ConfigDict, params: Any | None = None, *, 
     if not src.exists():
         raise FileNotFoundError(f"input {src} does not exist")
     files = images.list_images(src) if src.is_dir() else [src]
-    out_root = pathlib.Path(cfg.output) if cfg.output else images.fresh_folder(DEFAULT_OUTPUT_PARENT)
     overwrite = bool(cfg.overwrite)
-    for file in files:
-        existing = [n for n in OUTPUT_FILES if (out_root / file.stem / n).exists()]
+    for file in files if cfg.output else []:
+        existing = [n for n in OUTPUT_FILES if (pathlib.Path(cfg.output) / file.stem / n).exists()]
         if existing and not overwrite:
             raise FileExistsError(
-                f"{out_root / file.stem} already holds {', '.join(existing)}; use --config.overwrite=True"
+                f"{pathlib.Path(cfg.output) / file.stem} already holds {', '.join(existing)}; "
+                "use --config.overwrite=True"
             )
     params = load_params(cfg) if params is None else params
     model = models.model_from_config(cfg.model)
@@ -189,6 +190,8 @@ def restore_files(cfg: ml_collections.ConfigDict, params: Any | None = None, *, 
         opt_fn = make_init_opt_fn(model, settings, init_opt_from_config(cfg), cfg.init_opt.loss, sharding=sharding)
     op = build_operator(cfg, (size, size))
     reference_file = cfg.reference
+    # A fresh run folder only once the set-up has worked (a failed start leaves nothing behind).
+    out_root = pathlib.Path(cfg.output) if cfg.output else images.fresh_folder(DEFAULT_OUTPUT_PARENT)
     results = []
     for index, file in enumerate(tqdm(files, desc="deqir", unit="img", disable=not progress)):
         img = images.read_image(file)
@@ -296,7 +299,11 @@ def main(argv: list[str] | None = None) -> None:
             raise app.UsageError(f"no --config given and the default preset {DEFAULT_CONFIG} is not here (the "
                                  "package was installed without its repository): pass --config "
                                  "configs/deqir/<task>.py")
-        results = restore_files(cfg)
+        try:
+            results = restore_files(cfg)
+        except (ValueError, FileNotFoundError, FileExistsError, anderson.SolverDivergedError) as err:
+            print(f"deqir_jax.sample: error: {' '.join(str(err).split())}", file=sys.stderr)
+            sys.exit(1)
         for r in results:
             quality = f" PSNR {r['psnr']:.2f} dB SSIM {r['ssim']:.4f}" if "psnr" in r else ""
             print(f"{r['image']}: {r['status']} after {r['map_evaluations']} evaluations "
