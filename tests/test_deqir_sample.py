@@ -188,3 +188,23 @@ def test_sample_cli(tiny_prior, tmp_path):
     assert "results in" in proc.stdout and "PSNR" in proc.stdout
     assert (tmp_path / "cli/astronaut/restored.png").is_file()
     assert Image.open(tmp_path / "cli/astronaut/measurement.png").size == (size // 4, size // 4)
+
+
+def test_cli_errors_are_one_line_and_leave_no_run_folder(tmp_path):
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "deqir_jax.sample", *args], capture_output=True, text=True,
+                              timeout=300, cwd=tmp_path)
+
+    for args, message in (
+        ([f"--config={REPO / 'configs/deqir/sr_x4.py'}"], "no input given"),
+        ([f"--config={REPO / 'configs/deqir/sr_x4.py'}", f"--config.input={tmp_path / 'missing.png'}"],
+         "does not exist"),
+        ([f"--config={REPO / 'configs/deqir/sr_x4.py'}", f"--config.input={REPO / 'ircore/photo_files/chelsea.png'}"],
+         "no prior checkpoint given"),
+    ):
+        proc = cli(*args)
+        assert proc.returncode == 1, proc.stderr[-2000:]
+        lines = [line for line in proc.stderr.splitlines() if line.startswith("deqir_jax.sample: error:")]
+        assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "outputs").exists()
