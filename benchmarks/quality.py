@@ -9,8 +9,9 @@ Table 1, 64x64 (each photo centre-cropped and resized to the DeqIR image size, a
   ResShift ``bicsr`` degradation -- to float precision, so every method gets the same 16x16 input). Rows:
   ``bicubic`` (PyTorch bicubic up-sampling of y), ``resshift`` (the embedded ResShift-small, 4 steps),
   ``ddnm_sequential`` (DDIM + DDNM, one step after another) and the parallel DeqIR solves of the joint fixed
-  point: ``deqir_anderson`` (the preset's Anderson settings, official: m 5, tol 1e-3, at most 15 map
-  evaluations) and ``deqir_picard`` (plain fixed-point iteration, at most T + 1 evaluations), all with the
+  point: ``deqir_anderson`` (the official Anderson settings: m 5, lambda 1e-3, beta 1, tol 1e-3, at most 15
+  map evaluations, ``--max-iter``) and ``deqir_picard`` (plain fixed-point iteration, the embedded preset's
+  solver, at most T + 1 evaluations), all with the
   embedded prior and the same x_T / z.
 * ``deblur_gauss`` and ``inpainting`` (DeqIR presets): ``input`` (the blurred image / the masked image A^+ y),
   ``ddnm_sequential``, ``deqir_anderson`` and ``deqir_picard``.
@@ -78,7 +79,7 @@ def main() -> None:
     parser.add_argument("--photos", default=",".join(photos.HELDOUT), help="held-out photo names")
     parser.add_argument("--tasks", default=",".join(DEQIR_TASKS), help="DeqIR tasks of table 1")
     parser.add_argument("--timesteps", type=int, default=0, help="DeqIR chain length (0: the preset's)")
-    parser.add_argument("--max-iter", type=int, default=0, help="Anderson budget (0: the preset's)")
+    parser.add_argument("--max-iter", type=int, default=0, help="Anderson budget (0: the official 15)")
     parser.add_argument("--no-full-size", action="store_true", help="skip table 2")
     parser.add_argument("--prior", default="", help="DeqIR prior checkpoint (default: the embedded one)")
     parser.add_argument("--resshift-unet", default="", help="ResShift UNet checkpoint (default: the embedded one)")
@@ -104,8 +105,6 @@ def main() -> None:
         cfg = load_config_file(REPO / "configs/deqir" / DEQIR_TASKS[task], "embedded")
         if args.timesteps:
             cfg.timesteps = args.timesteps
-        if args.max_iter:
-            cfg.solver.max_iter = args.max_iter
         if deqir_params is None:
             deqir_params = checkpoints.restore_params(args.prior or cfg.checkpoint)
         model = models.model_from_config(cfg.model)
@@ -113,7 +112,8 @@ def main() -> None:
         op = build_operator(cfg, (size, size))
         preset = settings_from_config(cfg)
         settings = {"ddnm_sequential": dataclasses.replace(preset, sampler="sequential"),
-                    "deqir_anderson": dataclasses.replace(preset, sampler="parallel", solver="anderson"),
+                    "deqir_anderson": dataclasses.replace(preset, sampler="parallel", solver="anderson", m=5, lam=1e-3,
+                                                          beta=1.0, tol=1e-3, max_iter=args.max_iter or 15),
                     "deqir_picard": dataclasses.replace(preset, sampler="parallel", solver="picard",
                                                         max_iter=preset.timesteps + 1)}
         fns = {label: make_restore_fn(model, s) for label, s in settings.items()}

@@ -73,4 +73,10 @@ def get_config(dataset: str = "imagenet") -> ml_collections.ConfigDict:
         cfg.checkpoint = str(PRIOR_CHECKPOINT)
         cfg.image_size = 64
         cfg.input = str(photos.bundled_path(photos.DEFAULT))  # a held-out photo training never saw
+        # With this small prior Anderson (official settings, also m 10, lambda 1e-2 or beta 0.5) stays above
+        # tol 1e-3 for 25+ evaluations at T = 25 (benchmarks/quality.py); Picard iteration of the same joint
+        # map is exact after at most T + 1 evaluations, so the default solve converges to the sequential
+        # chain's answer. --config.solver.method=anderson gives the official solver.
+        cfg.solver.method = "picard"
+        cfg.solver.max_iter = 100
     return cfg
