@@ -123,7 +123,11 @@ def _mixing_weights(X: Array, F: Array, n: Array, lam) -> Array:
     )
     rhs = jnp.zeros((R, m + 1), cdt).at[:, 0].set(1.0)
     sol = jnp.linalg.solve(H, rhs[..., None])[..., 0]
-    return jnp.where(used[None, :], sol[:, 1:], 0.0)
+    alpha = jnp.where(used[None, :], sol[:, 1:], 0.0)
+    # A numerically singular system (a row whose residuals vanished, with a tiny lam) solves to NaN / inf:
+    # such a row takes the limit of the regularised weights as the Gram matrix goes to 0, the uniform mean.
+    uniform = jnp.broadcast_to(border / jnp.maximum(jnp.sum(border), 1.0), alpha.shape)
+    return jnp.where(jnp.all(jnp.isfinite(alpha), axis=1, keepdims=True), alpha, uniform)
 
 
 def anderson_solve(

@@ -190,3 +190,15 @@ def test_bad_arguments():
         anderson.anderson_solve(lambda x: x, x0, m=1)
     with pytest.raises(ValueError, match="floating point"):
         anderson.picard_solve(lambda x: x, jnp.zeros((R, D), jnp.int32))
+
+
+def test_singular_mixing_system_falls_back_to_the_uniform_weights():
+    """Rows whose residuals vanished give a singular bordered system without lam; they take the lam -> 0+ limit
+    of the regularised weights for a vanishing Gram matrix (the uniform mean), the others are untouched."""
+    X = jnp.zeros((2, 3, 4))
+    F = X.at[1].set(jax.random.normal(jax.random.PRNGKey(0), (3, 4)))  # row 0: F == X exactly
+    alpha = anderson._mixing_weights(X, F, jnp.int32(3), 0.0)
+    np.testing.assert_allclose(np.asarray(alpha[0]), np.full(3, 1 / 3), rtol=1e-6)
+    ref = anderson._mixing_weights(X[1:], F[1:], jnp.int32(3), 0.0)
+    np.testing.assert_allclose(np.asarray(alpha[1]), np.asarray(ref[0]), rtol=1e-6)
+    np.testing.assert_allclose(float(jnp.sum(alpha[1])), 1.0, rtol=1e-5)

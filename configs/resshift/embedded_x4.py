@@ -13,7 +13,10 @@ outputs y - x0, so it starts from bicubic up-sampling and learns the missing det
 this budget (held-out photos, 4-step sampling): x0 prediction from scratch stayed 5 dB below bicubic after 1500
 steps; residual prediction with kappa 2 predicted as well as bicubic in one step at t = T but lost 3-4 dB over
 the chain, and with kappa 0.5 still 4-6 dB after 500 steps (its mid-chain predictions, which must remove noise
-of std 0.2-0.35, were worse than bicubic). With kappa 0.1 the chain follows the network's t = T estimate. The Swin-UNet (1.5 M parameters) sees the noisy image and the
+of std 0.2-0.35, were worse than bicubic). With kappa 0.1 (this config, 3000 steps) the one-step estimate at
+t = T is slightly better than bicubic, and the 4-step result is within 0.4 dB of bicubic at 64x64 (above it on 2
+of the 3 held-out photos) but 1.4-2.8 dB below it at full size (benchmarks/quality.py): not yet a model that
+beats bicubic; a longer run (GPU) is the next step. The Swin-UNet (1.5 M parameters) sees the noisy image and the
 bicubic-upsampled LQ at the output size; its Swin stage works at 1/2 resolution in 4x4 windows, so the 32x32
 training crops already hold interior (unmasked) shifted windows, as every larger image does at test time (a
 stage whose whole training map is one window does not carry over to large images). Trained with
