@@ -401,12 +401,15 @@ def test_fixture_training_loss_with_networks(trainloss, networks):
     t, noise = jnp.asarray(fx["in/t"]), jnp.asarray(nhwc(fx["in/noise"]))
 
     @jax.jit
-    def run(x_start, y, t, noise):
+    def run(x_start, y, t, noise, pred_zstart_official):
         out = dif.image_training_loss(model_fn, encode_fn, sched, x_start, y, t, noise)
         weighted = dif.training_loss(model_fn, sched, out["z_start"], out["z_y"], t, noise, y, weighted=True)
-        return out, weighted["mse"], dif.decode_first_stage(decode_fn, sched, out["pred_zstart"])
+        # The decoder is judged on the official run's own latent: the quantiser's nearest-codeword choice flips
+        # for latents within float noise of a tie, so decoding our pred_zstart (equal to the fixture's within
+        # RTOL_NET, asserted below) can differ by a whole codeword on another CPU.
+        return out, weighted["mse"], dif.decode_first_stage(decode_fn, sched, pred_zstart_official)
 
-    out, mse_weighted, decoded = run(x_start, y, t, noise)
+    out, mse_weighted, decoded = run(x_start, y, t, noise, jnp.asarray(nhwc(fx["mid/pred_zstart"])))
     for key, fkey in [("z_start", "mid/z_start"), ("z_y", "mid/z_y"), ("z_t", "mid/z_t"),
                       ("model_in", "mid/model_in"), ("pred_zstart", "mid/pred_zstart")]:
         _report(key, out[key], nhwc(fx[fkey]))
