@@ -34,7 +34,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from ircore import checkpoints, data, lpips, metrics, trainer
-from ircore.mesh import initialize_distributed
 from resshift_jax import diffusion
 from resshift_jax.models import unet_swin, vq
 from resshift_jax.schedule import Schedule, make_schedule
@@ -294,44 +293,15 @@ def train(cfg: Any, workdir: str | os.PathLike, *, export: Optional[str] = None,
     if export and pathlib.Path(export).exists() and not overwrite:
         raise TrainSetupError(f"export folder {export} already exists; pass --overwrite to replace it")
     tr = build_trainer(cfg, workdir, print_fn=print_fn)
-    if jax.process_index() == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
-    batches = data.make_train_batches(cfg.data, seed=int(cfg.train.seed), global_batch=tr.global_batch,
-                                      rows=tr.local_rows)
-    state = tr.fit(batches)
-    if export:
-        trainer.export_ema(state, export, {"part": "unet", "config_name": cfg.get("name", ""),
-                                           "model": cfg.model.to_dict()}, overwrite=overwrite)
-        if print_fn is not None and jax.process_index() == 0:
-            print_fn(f"exported the EMA UNet of step {int(state.step)} to {export}", flush=True)
-    return state
+    meta = {"part": "unet", "config_name": cfg.get("name", ""), "model": cfg.model.to_dict()}
+    return trainer.fit_task(tr, cfg, workdir, export=export, overwrite=overwrite, export_metadata=meta,
+                            print_fn=print_fn)
 
 
 # ----------------------------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> None:
-    from absl import app, flags  # noqa: PLC0415
-    from ml_collections import config_flags  # noqa: PLC0415
-
-    config_flag = config_flags.DEFINE_config_file("config", None, "ResShift config file (configs/resshift/*.py)",
-                                                  lock_config=True)
-    workdir_flag = flags.DEFINE_string("workdir", None, "folder for checkpoints and logs (resumes if present)")
-    export_flag = flags.DEFINE_string("export", None, "write the final EMA UNet to this folder")
-    overwrite_flag = flags.DEFINE_bool("overwrite", False, "replace an existing --export folder")
-    flags.mark_flags_as_required(["config", "workdir"])
-
-    def run(_):
-        from absl import logging  # noqa: PLC0415
-
-        if not flags.FLAGS["verbosity"].present:  # orbax logs every save step at INFO
-            logging.set_verbosity(logging.WARNING)
-        initialize_distributed()
-        try:
-            train(config_flag.value, workdir_flag.value, export=export_flag.value, overwrite=overwrite_flag.value)
-        except TrainSetupError as err:
-            raise SystemExit(f"error: {err}") from None
-
-    app.run(run, argv=argv)
+    trainer.train_cli(train, config_help="ResShift config file (configs/resshift/*.py)",
+                      errors=(TrainSetupError, FileExistsError), argv=argv)
 
 
 if __name__ == "__main__":
