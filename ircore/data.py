@@ -22,7 +22,8 @@ Sources (``data`` config section, see :func:`default_config`):
 Crops (the Real-ESRGAN data set with ``rescale_gt``): a random square of side ``max(min(h, w), crop_size)``
 (reflect-padded when the image is smaller), area-resized to ``crop_size``; random horizontal flip. With
 ``random_scale`` the side is drawn log-uniformly between ``crop_size`` and ``max(min(h, w), crop_size)``, so a
-few photos give crops at every scale from native pixels to the whole (shrunk) picture.
+few photos give crops at every scale from native pixels to the whole (shrunk) picture; ``native_fraction`` of
+those crops are instead taken at native pixels (side ``crop_size``), the scale of full-size photos at test time.
 """
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ def default_config() -> ml_collections.ConfigDict:
         "crop_size": 256,
         "rescale": True,  # square crop of side max(min(h, w), crop_size), area-resized to crop_size
         "random_scale": False,  # with rescale: side log-uniform in [crop_size, max(min(h, w), crop_size)]
+        "native_fraction": 0.0,  # with random_scale: this fraction of crops at native pixels (side crop_size)
         "hflip": True,
         "num_workers": 0,  # grain worker processes (0 = in the main process)
         "num_threads": 4,  # reader threads per process / worker
@@ -196,13 +198,19 @@ def _area_resize(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def random_crop(image: np.ndarray, rng: np.random.Generator, *, crop_size: int, rescale: bool = True,
-                hflip: bool = True, random_scale: bool = False) -> np.ndarray:
+                hflip: bool = True, random_scale: bool = False, native_fraction: float = 0.0) -> np.ndarray:
     """uint8 (H, W, 3) -> uint8 (crop_size, crop_size, 3): reflect-pad if small, random square crop (side
     ``max(min(h, w), crop_size)`` if ``rescale`` else ``crop_size``; with ``random_scale`` too, a side drawn
-    log-uniformly between ``crop_size`` and that), area resize, random horizontal flip."""
+    log-uniformly between ``crop_size`` and that, or with probability ``native_fraction`` side ``crop_size``),
+    area resize, random horizontal flip."""
+    if not 0.0 <= native_fraction <= 1.0:
+        raise ValueError(f"native_fraction must be in [0, 1], got {native_fraction}")
     side = max(min(image.shape[:2]), crop_size) if rescale else crop_size
     if rescale and random_scale and side > crop_size:
-        side = int(round(crop_size * (side / crop_size) ** rng.random()))
+        if native_fraction > 0.0 and rng.random() < native_fraction:
+            side = crop_size
+        else:
+            side = int(round(crop_size * (side / crop_size) ** rng.random()))
     pad_h, pad_w = max(side - image.shape[0], 0), max(side - image.shape[1], 0)
     if pad_h or pad_w:
         mode = "reflect" if pad_h < image.shape[0] and pad_w < image.shape[1] else "symmetric"
@@ -227,12 +235,14 @@ def center_crop(image: np.ndarray, crop_size: int) -> np.ndarray:
 class _Crop:
     """grain random map: (element, rng) -> crop (picklable)."""
 
-    def __init__(self, crop_size: int, rescale: bool, hflip: bool, random_scale: bool = False):
+    def __init__(self, crop_size: int, rescale: bool, hflip: bool, random_scale: bool = False,
+                 native_fraction: float = 0.0):
         self.crop_size, self.rescale, self.hflip, self.random_scale = crop_size, rescale, hflip, random_scale
+        self.native_fraction = native_fraction
 
     def __call__(self, element: dict, rng: np.random.Generator) -> np.ndarray:
         return random_crop(element["image"], rng, crop_size=self.crop_size, rescale=self.rescale, hflip=self.hflip,
-                           random_scale=self.random_scale)
+                           random_scale=self.random_scale, native_fraction=self.native_fraction)
 
 
 class _GatherRows:
@@ -263,7 +273,7 @@ def element_stream(source: Any, cfg: Any, seed: int) -> Any:
         raise ValueError("the training data source is empty")
     return (grain.MapDataset.source(source).seed(int(seed)).shuffle().repeat(None)
             .random_map(_Crop(int(cfg.crop_size), bool(cfg.rescale), bool(cfg.hflip),
-                              bool(cfg.get("random_scale", False)))))
+                              bool(cfg.get("random_scale", False)), float(cfg.get("native_fraction", 0.0)))))
 
 
 def make_train_batches(

@@ -83,6 +83,28 @@ def test_random_scale_crops_span_native_to_whole_picture():
                                                           rescale=True, hflip=False, random_scale=True))
 
 
+
+def test_native_fraction_takes_that_share_of_crops_at_native_pixels():
+    stripes = np.zeros((256, 256, 3), np.uint8)
+    stripes[:, ::2] = 255  # a native-scale crop keeps the full 1-pixel contrast, any shrunk one averages it
+
+    def native_share(fraction: float, n: int = 400) -> float:
+        rng = np.random.default_rng(3)
+        crops = [data.random_crop(stripes, rng, crop_size=32, rescale=True, hflip=False, random_scale=True,
+                                  native_fraction=fraction) for _ in range(n)]
+        return float(np.mean([_detail(c) == pytest.approx(255.0) for c in crops]))
+
+    plain, half, every = native_share(0.0), native_share(0.5), native_share(1.0)
+    assert every == 1.0
+    assert plain < 0.1  # log-uniform sides: a side of exactly 32 is rare
+    assert 0.4 < half - plain * 0.5 < 0.6
+    # fraction 0 draws exactly as before (no extra random number), so older recipes reproduce
+    a = data.random_crop(stripes, np.random.default_rng(9), crop_size=32, random_scale=True)
+    b = data.random_crop(stripes, np.random.default_rng(9), crop_size=32, random_scale=True, native_fraction=0.0)
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="native_fraction"):
+        data.random_crop(stripes, np.random.default_rng(0), crop_size=32, random_scale=True, native_fraction=1.5)
+
 def test_side_by_side_scales_panels_to_the_tallest():
     small = np.full((1, 4, 4, 3), -1.0, np.float32)  # black, scaled x4 (nearest)
     big = np.full((16, 16, 3), 1.0, np.float32)
