@@ -100,6 +100,13 @@ def test_resshift_small_restores_heldout_photos():
         err_T = np.mean((np.asarray(x_T) - res["hq"]) ** 2)
         assert np.mean((np.asarray(x0) - res["hq"]) ** 2) < err_T, name
         assert np.mean((res["restored"] - res["hq"]) ** 2) < err_T, name  # the chain improves on its start
+        # issue 6's bar, at the benchmark's 64x64 setting (the whole photo, centre-cropped and resized): closer to
+        # the clean photo than bicubic up-sampling of the same LQ. (Not on every native-scale crop: on the central
+        # 96x96 of chelsea, the cat's fur, it is below bicubic; see configs/resshift/embedded_x4.py.)
+        small = prepare_image(images.read_image(photos.path(name)), 64, "center_crop")
+        res = rsample.degrade_and_restore(small, cfg, nets, rsample.image_key(cfg.seed, name))
+        assert rsample.image_scores(res["restored"], res["hq"])["psnr"] > \
+            rsample.image_scores(res["bicubic"], res["hq"])["psnr"], name
 
 
 def _results_folder(stdout: str) -> pathlib.Path:
