@@ -2,8 +2,9 @@
 
 The thresholds are properties any useful model must have, not values measured on these weights: a prior
 that denoises held-out photos better than predicting zero noise, and a super-resolution model whose one-shot
-estimate at t = T (from the LQ image alone) is closer to photos it never saw than the degraded input is.
-(Whether the full 4-step chain beats bicubic is measured, not asserted: benchmarks/quality.py.)
+estimate at t = T (from the LQ image alone) is closer to photos it never saw than the degraded input is, and
+whose 4-step result beats bicubic up-sampling at the benchmark's 64x64 setting (the bar issue 6 sets; the full
+table, full size included, is benchmarks/quality.py).
 """
 from __future__ import annotations
 
@@ -103,24 +104,24 @@ def test_resshift_small_restores_heldout_photos():
         # issue 6's bar, at the benchmark's 64x64 setting (the whole photo, centre-cropped and resized): closer to
         # the clean photo than bicubic up-sampling of the same LQ. (Not on every native-scale crop: on the central
         # 96x96 of chelsea, the cat's fur, it is below bicubic; see configs/resshift/embedded_x4.py.)
-        small = prepare_image(images.read_image(photos.path(name)), 64, "center_crop")
+        small = prepare_image(hq, 64, "center_crop")
         res = rsample.degrade_and_restore(small, cfg, nets, rsample.image_key(cfg.seed, name))
         assert rsample.image_scores(res["restored"], res["hq"])["psnr"] > \
             rsample.image_scores(res["bicubic"], res["hq"])["psnr"], name
 
 
-def _results_folder(stdout: str) -> pathlib.Path:
-    found = re.findall(r"^results in (.+)$", stdout, flags=re.M)
-    assert len(found) == 1, stdout
+def _run_without_arguments(module: str, cwd: pathlib.Path) -> pathlib.Path:
+    """Runs ``python -m module`` in ``cwd`` and returns the results folder it printed (exactly one)."""
+    proc = subprocess.run([sys.executable, "-m", module], capture_output=True, text=True, timeout=900, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = re.findall(r"^results in (.+)$", proc.stdout, flags=re.M)
+    assert len(found) == 1, proc.stdout
     return pathlib.Path(found[0])
 
 
 @pytest.mark.slow
 def test_deqir_sample_with_no_arguments(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "deqir_jax.sample"], capture_output=True, text=True,
-                          timeout=900, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    folder = _results_folder(proc.stdout)
+    folder = _run_without_arguments("deqir_jax.sample", tmp_path)
     assert folder.parent.parent == (tmp_path / "outputs" / "deqir").resolve() and folder.name == "chelsea"
     for name in ("restored.png", "measurement.png", "reference.png", "side_by_side.png", "metrics.json",
                  "convergence.png"):
@@ -136,10 +137,7 @@ def test_deqir_sample_with_no_arguments(tmp_path):
 
 @pytest.mark.slow
 def test_resshift_sample_with_no_arguments(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "resshift_jax.sample"], capture_output=True, text=True,
-                          timeout=900, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    folder = _results_folder(proc.stdout)
+    folder = _run_without_arguments("resshift_jax.sample", tmp_path)
     assert folder.parent == (tmp_path / "outputs" / "resshift").resolve()
     record = json.loads((folder / "metrics.json").read_text())
     hq = images.read_image(photos.bundled_path(photos.DEFAULT))
