@@ -636,6 +636,14 @@ def sr_bicubic(
     )
 
 
+def _explicit_kernel(kernel: Any, what: str) -> np.ndarray:
+    """An explicitly given 1-D kernel (K,) as float32 taps; ValueError for anything else."""
+    taps = np.asarray(kernel, dtype=np.float32)
+    if taps.ndim != 1 or taps.shape[0] < 1 or not np.all(np.isfinite(taps)):
+        raise ValueError(f"{what} must be a non-empty 1-D array of finite taps, got shape {taps.shape}")
+    return taps
+
+
 def _deblur(
     name: str,
     shape: ImageShape,
@@ -670,7 +678,8 @@ _DEBLUR_DOC = """
     (module docstring, quirk 3). ``singular_perm`` (H*W,) is the official ``_perm`` (torch's tie order of
     the descending sort); without it a stable sort is used, which gives a different (equally arbitrary)
     operator. ``official=False``: all taps, A = the exact zero-padded blur, ``A_pinv`` / ``project`` use
-    the truncated singular values paired correctly.
+    the truncated singular values paired correctly. An explicit 1-D ``kernel`` (K,) (the tensor the
+    official ``Deblurring`` class is given) replaces the one built from the size / sigma arguments.
 """
 
 
@@ -682,9 +691,10 @@ def deblur_gauss(
     official: bool = True,
     zero_threshold: float = OFFICIAL_ZERO_THRESHOLD,
     singular_perm: Any = None,
+    kernel: Any = None,
 ) -> SeparableSVDOperator:
     shape = _check_image_shape(image_size, channels)
-    k = gaussian_kernel(kernel_size, sigma)
+    k = gaussian_kernel(kernel_size, sigma) if kernel is None else _explicit_kernel(kernel, "kernel")
     return _deblur("deblur_gauss", shape, k, k, official, zero_threshold, singular_perm)
 
 
@@ -698,9 +708,10 @@ def deblur_uni(
     official: bool = True,
     zero_threshold: float = OFFICIAL_ZERO_THRESHOLD,
     singular_perm: Any = None,
+    kernel: Any = None,
 ) -> SeparableSVDOperator:
     shape = _check_image_shape(image_size, channels)
-    k = uniform_kernel(kernel_size)
+    k = uniform_kernel(kernel_size) if kernel is None else _explicit_kernel(kernel, "kernel")
     return _deblur("deblur_uni", shape, k, k, official, zero_threshold, singular_perm)
 
 
@@ -716,16 +727,19 @@ def deblur_aniso(
     official: bool = True,
     zero_threshold: float = OFFICIAL_ZERO_THRESHOLD,
     singular_perm: Any = None,
+    kernel1: Any = None,
+    kernel2: Any = None,
 ) -> SeparableSVDOperator:
     shape = _check_image_shape(image_size, channels)
-    k1 = gaussian_kernel(kernel_size, sigma1)  # along rows: vertical blur
-    k2 = gaussian_kernel(kernel_size, sigma2)  # along columns: horizontal blur
+    # along rows: vertical blur; along columns: horizontal blur
+    k1 = gaussian_kernel(kernel_size, sigma1) if kernel1 is None else _explicit_kernel(kernel1, "kernel1")
+    k2 = gaussian_kernel(kernel_size, sigma2) if kernel2 is None else _explicit_kernel(kernel2, "kernel2")
     return _deblur("deblur_aniso", shape, k1, k2, official, zero_threshold, singular_perm)
 
 
 deblur_aniso.__doc__ = (
-    "Anisotropic Gaussian deblurring (official ``Deblurring2D``): ``sigma1`` vertical, ``sigma2`` horizontal."
-    + _DEBLUR_DOC
+    "Anisotropic Gaussian deblurring (official ``Deblurring2D``): ``sigma1`` vertical, ``sigma2`` horizontal"
+    " (explicit ``kernel1`` / ``kernel2`` replace the Gaussians)." + _DEBLUR_DOC
 )
 
 
@@ -821,8 +835,9 @@ def make_operator(name: str, image_size: int | Sequence[int], **params: Any) -> 
     """Build the operator called ``name`` (the official ``--deg`` names) for ``image_size`` (int or (H, W)).
 
     Parameters per name: ``sr_averagepooling(factor)``, ``sr_bicubic(factor, official, zero_threshold)``,
-    ``deblur_gauss(kernel_size=5, sigma=10, official, zero_threshold, singular_perm)``,
-    ``deblur_uni(kernel_size=9, ...)``, ``deblur_aniso(kernel_size=9, sigma1=1, sigma2=20, ...)``,
+    ``deblur_gauss(kernel_size=5, sigma=10, official, zero_threshold, singular_perm, kernel)``,
+    ``deblur_uni(kernel_size=9, ..., kernel)``, ``deblur_aniso(kernel_size=9, sigma1=1, sigma2=20, ...,
+    kernel1, kernel2)`` (an explicit 1-D ``kernel`` replaces the built one),
     ``inpainting(mask)``, ``colorization(weights)``, ``cs_walshhadamard(ratio=2, perm, seed)``,
     ``denoising()``; every builder also takes ``channels`` (3).
     """

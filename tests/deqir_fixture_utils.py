@@ -53,19 +53,37 @@ def parse_tol(text: str, kind: str = "atol") -> float:
     return float(match.group(1))
 
 
+# Official operator class -> this port's builder (used when an entry's key is not a builder name).
+_BUILDER_OF_CLASS = {
+    "SuperResolution": "sr_averagepooling", "SRConv": "sr_bicubic", "Deblurring": "deblur_uni",
+    "Deblurring2D": "deblur_aniso", "Inpainting": "inpainting", "Colorization": "colorization",
+    "WalshHadamardCS": "cs_walshhadamard", "Denoising": "denoising",
+}
+
+
 def operator_from_degradations(deg, key: str) -> ops.LinearOperator:
-    """The operator of ``degradations.json`` entry ``key``, with the npz's masks / permutations."""
+    """The operator of ``degradations.json`` entry ``key``, with the npz's masks / permutations / kernels.
+
+    Image size and channel count come from the npz's ``x``; deblurring operators are built from the kernel
+    tensors stored under ``<key>/kernel`` (``<key>/kernel1``, ``<key>/kernel2`` for ``Deblurring2D``), the
+    argument of the official class (the sidecar ``params`` only describe it, and are empty for deblur_uni).
+    """
     info = deg.meta["operators"][key]
     cls, params = info["class"], dict(info["params"])
     image_size = tuple(int(s) for s in deg["x"].shape[-2:])
     name = re.sub(r"_x\d+$", "", key)
-    kwargs: dict[str, Any] = {}
+    if name not in ops.OPERATOR_NAMES:  # e.g. a second Deblurring entry: the builder of its class
+        name = _BUILDER_OF_CLASS.get(cls, name)
+    kwargs: dict[str, Any] = {"channels": int(deg["x"].shape[1])}
     if cls == "SuperResolution":
         kwargs["factor"] = params["ratio"]
     elif cls == "SRConv":
         kwargs["factor"] = params["stride"]
-    elif cls in ("Deblurring", "Deblurring2D"):
-        kwargs.update(params)
+    elif cls == "Deblurring":
+        kwargs["kernel"] = deg[f"{key}/kernel"]
+        kwargs["singular_perm"] = deg[f"{key}/perm"]
+    elif cls == "Deblurring2D":
+        kwargs["kernel1"], kwargs["kernel2"] = deg[f"{key}/kernel1"], deg[f"{key}/kernel2"]
         kwargs["singular_perm"] = deg[f"{key}/perm"]
     elif cls == "Inpainting":
         kwargs["mask"] = deg[f"{key}/mask"]

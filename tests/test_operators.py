@@ -114,8 +114,10 @@ def test_every_fixture_operator_matches_official(fx, fixture_ops):
 
 
 def test_kernels_and_1d_matrices_match_official(fx):
+    """The port's kernel builders reproduce the stored kernels (sizes and sigmas from the sidecar, else the
+    stored kernel's length), and its 1-D matrices the official ``A_small_dense`` (the row matrix, size H)."""
     atol = _atol(fx.meta)
-    n = fx["x"].shape[-1]
+    n = fx["x"].shape[-2]
     checked = 0
     for key, info in fx.meta["operators"].items():
         cls, params = info["class"], info["params"]
@@ -123,15 +125,17 @@ def test_kernels_and_1d_matrices_match_official(fx):
             kernel = ops.bicubic_kernel(params["stride"])
             mat = ops.strided_conv_matrix(kernel, n, params["stride"])
         elif cls == "Deblurring":
+            size = params.get("kernel_size", fx[f"{key}/kernel"].shape[0])
             if "sigma" in params:
-                kernel = ops.gaussian_kernel(params["kernel_size"], params["sigma"])
+                kernel = ops.gaussian_kernel(size, params["sigma"])
             else:
-                kernel = ops.uniform_kernel(fx[f"{key}/kernel"].shape[0])
+                kernel = ops.uniform_kernel(size)
             mat = ops.blur_matrix(kernel, n, official=True)
         elif cls == "Deblurring2D":
-            size = fx[f"{key}/kernel1"].shape[0]
-            np.testing.assert_allclose(ops.gaussian_kernel(size, params["sigma1"]), fx[f"{key}/kernel1"], atol=1e-7)
-            np.testing.assert_allclose(ops.gaussian_kernel(size, params["sigma2"]), fx[f"{key}/kernel2"], atol=1e-7)
+            for i in (1, 2):
+                stored = fx[f"{key}/kernel{i}"]
+                size = params.get("kernel_size", stored.shape[0])
+                np.testing.assert_allclose(ops.gaussian_kernel(size, params[f"sigma{i}"]), stored, atol=1e-7)
             checked += 1
             continue
         else:
@@ -164,7 +168,7 @@ def test_nosvd_average_pooling_branch(fx):
     for key in keys:
         ref = fx[f"{key}/A_x"]
         factor = fx["x"].shape[-1] // ref.shape[-1]
-        op = ops.make_operator("sr_averagepooling", fx["x"].shape[-2:], factor=factor)
+        op = ops.make_operator("sr_averagepooling", fx["x"].shape[-2:], factor=factor, channels=fx["x"].shape[1])
         assert _maxabs(_nhwc_to_nchw(op.A(x)), ref) <= _atol(fx.meta)
         assert _maxabs(_nhwc_to_nchw(op.project(x)), fx[f"{key}/ApA_x"]) <= _atol(fx.meta)
 
@@ -242,19 +246,19 @@ class _OfficialF64:
 
 
 def _official_f64(key: str, info: dict, fx) -> _OfficialF64:
-    n = fx["x"].shape[-1]
-    channels = fx["x"].shape[1]
+    channels, height, width = fx["x"].shape[1:]
     cls = info["class"]
     if cls == "SRConv":
         mat = fx[f"{key}/A_small_dense"].astype(np.float64)
         return _OfficialF64(cls, mat, mat, None, channels)
     if cls == "Deblurring":
-        mat = _official_blur_1d(fx[f"{key}/kernel"].astype(np.float64), n)
+        kernel = fx[f"{key}/kernel"].astype(np.float64)
+        rows, cols = _official_blur_1d(kernel, height), _official_blur_1d(kernel, width)
         if f"{key}/A_small_dense" in fx:
-            np.testing.assert_allclose(mat, fx[f"{key}/A_small_dense"], atol=1e-7)
-        return _OfficialF64(cls, mat, mat, fx[f"{key}/perm"], channels)
-    rows = _official_blur_1d(fx[f"{key}/kernel1"].astype(np.float64), n)
-    cols = _official_blur_1d(fx[f"{key}/kernel2"].astype(np.float64), n)
+            np.testing.assert_allclose(rows, fx[f"{key}/A_small_dense"], atol=1e-7)
+        return _OfficialF64(cls, rows, cols, fx[f"{key}/perm"], channels)
+    rows = _official_blur_1d(fx[f"{key}/kernel1"].astype(np.float64), height)
+    cols = _official_blur_1d(fx[f"{key}/kernel2"].astype(np.float64), width)
     return _OfficialF64(cls, rows, cols, fx[f"{key}/perm"], channels)
 
 
@@ -284,18 +288,34 @@ def test_deblurring_quirk_is_not_the_blur(fx, fixture_ops):
     """The official Deblurring A differs per channel from the blur; official=False is the true blur."""
     key = next(k for k, i in fx.meta["operators"].items() if i["class"] == "Deblurring")
     op = fixture_ops[key]
-    n = fx["x"].shape[-1]
     x = jnp.asarray(_nchw_to_nhwc(fx["x"]))[0]
-    same = jnp.repeat(x[..., :1], 3, axis=-1)  # identical channels
+    channels = x.shape[-1]
+    same = jnp.repeat(x[..., :1], channels, axis=-1)  # identical channels
     y = np.asarray(op.A(same))
     assert np.max(np.abs(y[..., 0] - y[..., 1])) > 1e-2  # the official A treats channels differently
-    info = fx.meta["operators"][key]["params"]
-    kwargs = {k: v for k, v in info.items()}
-    exact = ops.make_operator(key, n, official=False, **kwargs)
     kernel = np.asarray(fx[f"{key}/kernel"], np.float64)
+    exact = ops.make_operator(op.name, x.shape[:2], official=False, channels=channels, kernel=fx[f"{key}/kernel"])
     blurred = scipy.ndimage.correlate1d(np.asarray(x, np.float64), kernel, axis=0, mode="constant")
     blurred = scipy.ndimage.correlate1d(blurred, kernel, axis=1, mode="constant")
     assert _maxabs(exact.A(x), blurred) < 1e-5
+
+
+@pytest.mark.parametrize("name, built, explicit", [
+    ("deblur_uni", dict(kernel_size=7), dict(kernel=ops.uniform_kernel(7))),
+    ("deblur_gauss", dict(kernel_size=3, sigma=2.0), dict(kernel=ops.gaussian_kernel(3, 2.0))),
+    ("deblur_aniso", dict(kernel_size=5, sigma1=1.0, sigma2=3.0),
+     dict(kernel1=ops.gaussian_kernel(5, 1.0), kernel2=ops.gaussian_kernel(5, 3.0))),
+])
+def test_explicit_kernel_equals_built_kernel(name, built, explicit):
+    """A deblurring operator given its kernel tensor (as the official class is) equals the one built from
+    the size / sigma arguments, for kernel lengths other than the official defaults."""
+    x = jnp.asarray(np.random.default_rng(4).uniform(-1, 1, (1, 16, 12, 3)), jnp.float32)
+    a, b = ops.make_operator(name, (16, 12), **built), ops.make_operator(name, (16, 12), **explicit)
+    np.testing.assert_array_equal(np.asarray(a.singulars()), np.asarray(b.singulars()))
+    np.testing.assert_array_equal(np.asarray(a.A(x)), np.asarray(b.A(x)))
+    np.testing.assert_array_equal(np.asarray(a.project(x)), np.asarray(b.project(x)))
+    other = ops.make_operator(name, (16, 12))  # official default kernel length: a different operator
+    assert _maxabs(other.A(x), a.A(x)) > 1e-3
 
 
 # --------------------------------------------------------------------------------------------------
@@ -373,6 +393,8 @@ def test_clear_errors():
     _assert_one_line_error(lambda: ops.make_operator("deblur_gauss", 8, singular_perm=np.zeros(64)), "permutation")
     _assert_one_line_error(lambda: ops.make_operator("deblur_blind", 32), "unknown degradation")
     _assert_one_line_error(lambda: ops.make_operator("deblur_gauss", 32, factor=2), "unknown parameter")
+    _assert_one_line_error(lambda: ops.make_operator("deblur_uni", 32, kernel=np.ones((3, 3))), "1-D")
+    _assert_one_line_error(lambda: ops.make_operator("deblur_aniso", 32, kernel2=[]), "kernel2 must be")
     _assert_one_line_error(lambda: op.A(jnp.zeros((1, 32, 32, 1))), "expected images")
     _assert_one_line_error(lambda: op.project(jnp.zeros((1, 3, 32, 32))), "expected images")
     _assert_one_line_error(lambda: op.A_pinv(jnp.zeros((1, 16, 16, 3))), "expected measurements")
