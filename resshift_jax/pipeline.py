@@ -179,6 +179,32 @@ def build_restorer(settings: RestoreSettings) -> Callable:
 
 
 # ----------------------------------------------------------------------------------------------- public call
+def check_config(cfg: ml_collections.ConfigDict) -> None:
+    """Raises a one-line ValueError when the UNet (``cfg.model``) does not fit the autoencoder and scale factor.
+
+    The UNet's state is the latent: ``in_channels`` = ``out_channels`` = the autoencoder's ``embed_dim`` (3 in
+    pixel space). Its ``lq`` input is the LQ image (B, h, w, 3), whose latent is h * sf / f on a side (f the
+    autoencoder's down-sampling factor, 1 in pixel space, where the LQ is first up-sampled by sf), so the LQ
+    feature extractor must reduce by ``lq_size / image_size`` = f / sf.
+    """
+    model = unet_swin.model_from_config(cfg.model)
+    sf = int(cfg.diffusion.sf)
+    if vq.is_pixel_space(cfg.get("autoencoder")):
+        f, channels, reduce = 1, 3, 1
+    else:
+        ae = vq.model_from_config(cfg.autoencoder)
+        f, channels, reduce = ae.downsampling_factor, ae.embed_dim, ae.downsampling_factor / sf
+    for field in ("in_channels", "out_channels"):
+        if getattr(model, field) != channels:
+            raise ValueError(f"model.{field} is {getattr(model, field)} but the diffusion state has {channels} "
+                             f"channels (autoencoder embed_dim); set model.{field} = {channels}")
+    if model.cond_lq and model.lq_size != model.image_size * reduce:
+        raise ValueError(
+            f"model.lq_size / model.image_size is {model.lq_size / model.image_size:g} but the LQ image reaches "
+            f"the UNet at {reduce:g}x the latent size (sf {sf}, autoencoder down-sampling {f}); set "
+            f"model.lq_size = {reduce:g} * model.image_size or use a matching autoencoder")
+
+
 def _check_inputs(lq, mask, cfg, noises, settings: RestoreSettings) -> None:
     if lq.ndim != 4 or lq.shape[-1] != 3:
         raise ValueError(f"lq must be an NHWC RGB batch (B, h, w, 3), got shape {tuple(lq.shape)}")
@@ -243,6 +269,7 @@ def restore_image(
     mask = None if mask is None else jnp.asarray(mask, jnp.float32)
     settings = _settings(cfg, tile_size, tile_overlap, batch_size, weighting, mask_lq, mask_back, dtype)
     _check_inputs(lq, mask, cfg, noises, settings)
+    check_config(cfg)
     if key is None and noises is None:
         raise ValueError("restore_image needs a PRNG key unless noises are given")
     if key is None:

@@ -250,6 +250,10 @@ def restore_files(
     preloaded = {}
     if single:  # report a bad input before the (slow) checkpoint loading and compilation
         preloaded[0] = read_job(jobs[0][0], jobs[0][1])
+    try:
+        pipeline.check_config(cfg)
+    except ValueError as err:
+        raise SampleError(str(err)) from None
     unet_params, vq_params = load_networks(cfg) if networks is None else networks
 
     written, failed, skipped = [], [], []

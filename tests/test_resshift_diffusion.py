@@ -162,6 +162,54 @@ def test_respaced_schedule_feeds_original_timesteps():
     assert [int(s[0]) for s in seen] == [12, 6]
 
 
+@pytest.mark.parametrize("steps, respacing, kappa, power, kind", [
+    (10, 5, 1.5, 0.5, "xstart"), (15, 4, 1.0, 0.3, "residual"), (7, 3, 2.0, 0.8, "epsilon")])
+def test_respaced_sampler_vs_numpy_posterior(steps, respacing, kappa, power, kind):
+    """A respaced schedule's sampler against a float64 NumPy statement: keep sqrt(eta) at int(T/K x),
+    derive the posterior of the kept etas, feed the network the original index of each kept step."""
+    sched = sch.make_schedule(steps=steps, min_noise_level=0.05, kappa=kappa, power=power,
+                              timestep_respacing=respacing, predict_type=kind)
+    kept = sorted({int(steps / respacing * x) for x in range(respacing)})
+    etas = sch.exponential_sqrt_etas(steps, 0.05, 0.99, kappa, power)[kept] ** 2
+    etas_prev = np.append(0.0, etas[:-1])
+    var = kappa**2 * etas_prev / etas * (etas - etas_prev)
+    logvar_clipped = np.log(np.append(var[1], var[1:]))
+    k = len(kept)
+    zy, noise_T, *step_noises = _rng_arrays((2, 4, 4, 4), 2 + k, seed=9)  # 4 latent channels
+    step_noises = np.stack(step_noises)
+
+    def net(x_in, t_model, xp):  # any fixed function of the input and of the timestep it receives
+        return xp.tanh(x_in) + 0.01 * t_model[:, None, None, None]
+
+    seen = []
+
+    def model(x_in, t, lq):
+        seen.append(t)
+        return net(x_in, t.astype(x_in.dtype), jnp)
+
+    z_given = dif.sample(model, sched, jnp.asarray(zy), None, jnp.asarray(noise_T), step_noises=step_noises)
+    assert k == sched.num_timesteps and np.array_equal(sched.timestep_map, kept)
+
+    z = zy + kappa * np.sqrt(etas[-1]) * noise_T
+    model_ts = []
+    for i, t in enumerate(range(k - 1, -1, -1)):
+        x_in = z / np.sqrt(kappa**2 * etas[t] + 1)
+        t_model = np.full((2,), kept[t])
+        model_ts.append(kept[t])
+        out = net(x_in, t_model.astype(np.float64), np)
+        x0 = {"xstart": out, "residual": zy - out,
+              "epsilon": (z - np.sqrt(etas[t]) * kappa * out - etas[t] * zy) / (1 - etas[t])}[kind]
+        mean = etas_prev[t] / etas[t] * z + (etas[t] - etas_prev[t]) / etas[t] * x0
+        z = mean + (t > 0) * np.exp(0.5 * logvar_clipped[t]) * step_noises[i]
+    np.testing.assert_allclose(np.asarray(z_given), z, rtol=1e-4, atol=1e-4)
+    # the scan traces the model once: check the mapped timesteps on an eager single step per index
+    for t in range(k):
+        seen.clear()
+        dif.p_mean_variance(model, sched, jnp.asarray(zy), jnp.asarray(zy), jnp.full((2,), t))
+        np.testing.assert_array_equal(np.asarray(seen[0]), [kept[t]] * 2)
+    assert model_ts == [kept[t] for t in range(k - 1, -1, -1)]
+
+
 def test_sampler_with_exact_x0_model_lands_on_x0():
     """coef1[0] = 0 and coef2[0] = 1: an oracle x0 network ends exactly on x0 whatever the noise."""
     sched = sch.make_schedule(steps=4, min_noise_level=0.2)
@@ -211,12 +259,41 @@ def test_bad_inputs():
 
 
 # ------------------------------------------------------- fixtures with the networks replayed
-def _replay_model(preds_by_step: np.ndarray, steps: int):
-    """A stand-in network returning the recorded output of the iteration for schedule index t."""
-    table = jnp.asarray(preds_by_step)  # ordered t = T-1..0
+def _official_timestep_map(params: dict) -> np.ndarray:
+    """Original-schedule index of each respaced index, from a sidecar's ``diffusion_kwargs``: the official
+    rule keeps int(T / K * x) for x = 0..K-1 (identity without ``timestep_respacing``)."""
+    steps, respacing = int(params["steps"]), params.get("timestep_respacing")
+    respacing = steps if respacing is None else int(respacing)
+    return np.array(sorted({int(steps / respacing * x) for x in range(respacing)}), np.int64)
+
+
+def _network_output_for(sched: sch.Schedule, pred_xstart, x_t, z_y, t) -> np.ndarray:
+    """The network output that yields the recorded x0_hat under ``sched.predict_type`` (float64 NumPy).
+    pred_xstart, x_t: (..., B, H, W, C) with t of shape (...,) or (B,) broadcast on the leading axis."""
+    pred, x_t, z_y = (np.asarray(a, np.float64) for a in (pred_xstart, x_t, z_y))
+    kind = sched.predict_type
+    if kind == "xstart":
+        return pred
+    if kind == "residual":
+        return z_y - pred
+    eta = np.asarray(sched.etas)[np.asarray(t)].reshape(np.shape(t) + (1,) * (pred.ndim - np.ndim(t)))
+    scaled_eps = x_t - (1.0 - eta) * pred - eta * z_y  # kappa sqrt(eta) eps
+    return scaled_eps if kind == "epsilon_scale" else scaled_eps / (sched.kappa * np.sqrt(eta))
+
+
+def _replay_model(preds_by_step: np.ndarray, t_order: np.ndarray, timestep_map: np.ndarray):
+    """A stand-in network returning the recorded output of the iteration whose schedule index t maps to the
+    timestep it receives (``timestep_map[t]``: the official wrapper of a respaced schedule). A timestep
+    that no iteration should receive gives NaN, so a wrong mapping cannot go unnoticed."""
+    table = jnp.asarray(preds_by_step)  # ordered as t_order
+    iteration = np.full(int(timestep_map.max()) + 1, -1, np.int32)
+    iteration[timestep_map[t_order]] = np.arange(len(t_order))
+    iteration = jnp.asarray(iteration)
 
     def model(x_in, t, lq):
-        return table[steps - 1 - t[0]]
+        i = iteration[jnp.clip(t[0], 0, iteration.shape[0] - 1)]
+        valid = (t[0] >= 0) & (t[0] < iteration.shape[0]) & (i >= 0)
+        return jnp.where(valid, table[jnp.maximum(i, 0)], jnp.nan)
 
     return model
 
@@ -225,6 +302,8 @@ def test_fixture_sampling_with_replayed_network(sampling):
     fx = sampling
     sched = _sched(fx)
     steps = sched.num_timesteps
+    timestep_map = _official_timestep_map(fx.meta["diffusion_kwargs"])
+    np.testing.assert_array_equal(sched.timestep_map, timestep_map)
     np.testing.assert_array_equal(fx["mid/t_order"], np.arange(steps - 1, -1, -1))
     y = nhwc(fx["in/y"])
     y_up = dif.upsample_lq(sched, jnp.asarray(y))
@@ -234,7 +313,10 @@ def test_fixture_sampling_with_replayed_network(sampling):
     z_T = dif.prior_sample(sched, jnp.asarray(z_y), jnp.asarray(nhwc(fx["in/noise_T"])))
     np.testing.assert_allclose(np.asarray(z_T), nhwc(fx["mid/z_T"]), rtol=1e-5, atol=1e-6)
 
-    model = _replay_model(nhwc(fx["mid/pred_xstart"]), steps)
+    t_order = np.asarray(fx["mid/t_order"])
+    states = np.concatenate([nhwc(fx["mid/z_T"])[None], nhwc(fx["mid/sample"])[:-1]])  # x_t of each iteration
+    outputs = _network_output_for(sched, nhwc(fx["mid/pred_xstart"]), states, z_y, t_order)
+    model = _replay_model(outputs.astype(np.float32), t_order, timestep_map)
     z0, inter = jax.jit(lambda zy, lq, nT, ns: dif.sample(
         model, sched, zy, lq, nT, step_noises=ns, return_intermediates=True))(
         z_y, y, nhwc(fx["in/noise_T"]), nhwc(fx["in/step_noise"]))
@@ -247,7 +329,8 @@ def test_fixture_sampling_with_replayed_network(sampling):
 def test_fixture_training_loss_with_replayed_network(trainloss):
     fx = trainloss
     sched = _sched(fx)
-    pred = jnp.asarray(nhwc(fx["mid/pred_zstart"]))
+    pred = jnp.asarray(_network_output_for(sched, nhwc(fx["mid/pred_zstart"]), nhwc(fx["mid/z_t"]),
+                                           nhwc(fx["mid/z_y"]), fx["in/t"]).astype(np.float32))
     args = (jnp.asarray(nhwc(fx["mid/z_start"])), jnp.asarray(nhwc(fx["mid/z_y"])), jnp.asarray(fx["in/t"]),
             jnp.asarray(nhwc(fx["in/noise"])))
     out = dif.training_loss(lambda x, t, lq: pred, sched, *args)

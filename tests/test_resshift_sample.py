@@ -10,6 +10,7 @@ import pathlib
 import subprocess
 import sys
 import zlib
+from typing import Any
 
 import jax
 import ml_collections
@@ -23,7 +24,7 @@ from skimage.transform import resize as sk_resize
 from ircore import checkpoints, images
 from ircore.config_utils import load_config_file
 from resshift_jax import convert, pipeline, sample, tiling
-from resshift_jax.models import unet_swin
+from resshift_jax.models import unet_swin, vq
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ATOL_STEPS = 1e-4  # fixture README: sampling compared at atol ~1e-4 (errors compound over steps)
@@ -167,15 +168,44 @@ def test_many_tiles_blend_per_tile_restorations(tiny, reference):
     np.testing.assert_allclose(got, want, rtol=0, atol=ATOL_SAME)
 
 
-def test_inpainting_masks_the_lq_and_pastes_known_pixels(load_fixture):
-    ufx, vfx = load_fixture("resshift/unet_tiny_inpaint"), load_fixture("resshift/vq_tiny_f4")
+VQ_FIXTURES = ("resshift/vq_tiny_f4", "resshift/vq_tiny_f8")
+
+
+def _inpaint_setup(load_fixture) -> tuple[ml_collections.ConfigDict, Any, Any]:
+    """(cfg, unet_params, vq_params): the inpainting config with the tiny inpainting UNet fixture and an
+    autoencoder that fits it. With sf 1 the UNet sees the LQ at lq_size / image_size times the latent size,
+    so the autoencoder must down-sample by that factor and have ``in_channels`` latent channels: a VQ fixture
+    when one fits, else the first VQ fixture's architecture with that many levels and channels, randomly
+    initialised (the test is about masking, not about the autoencoder's numbers)."""
+    ufx = load_fixture("resshift/unet_tiny_inpaint")
     cfg = load_config_file(REPO / "configs/resshift/inpaint_imagenet.py")
     cfg.model = ufx.meta["constructor_kwargs"]
-    cfg.autoencoder.params = vfx.meta["constructor_kwargs"]
     cfg.padding_offset = cfg.model.lq_size
     assert cfg.diffusion.sf == 1 and cfg.model.cond_mask
+    ratio = cfg.model.lq_size // cfg.model.image_size
+    channels = cfg.model.in_channels
     unet_params = convert.convert_state_dict(_state(ufx), cfg, "unet")
-    vq_params = convert.convert_state_dict(_state(vfx), cfg, "autoencoder")
+    for name in VQ_FIXTURES:
+        vfx = load_fixture(name)
+        kwargs = vfx.meta["constructor_kwargs"]
+        if 2 ** (len(kwargs["ddconfig"]["ch_mult"]) - 1) == ratio and kwargs["embed_dim"] == channels:
+            cfg.autoencoder.params = kwargs
+            return cfg, unet_params, convert.convert_state_dict(_state(vfx), cfg, "autoencoder")
+    kwargs = dict(load_fixture(VQ_FIXTURES[0]).meta["constructor_kwargs"])
+    dd = dict(kwargs["ddconfig"])
+    levels = int(np.log2(ratio)) + 1
+    mults = list(dd["ch_mult"])[:levels]
+    dd["ch_mult"] = mults + [mults[-1]] * (levels - len(mults))
+    if not isinstance(dd["num_res_blocks"], int):
+        dd["num_res_blocks"] = 1
+    dd["attn_resolutions"] = []
+    kwargs.update(ddconfig=dd, embed_dim=channels)
+    cfg.autoencoder.params = kwargs
+    return cfg, unet_params, vq.init_params(cfg.autoencoder, jax.random.key(0))
+
+
+def test_inpainting_masks_the_lq_and_pastes_known_pixels(load_fixture):
+    cfg, unet_params, vq_params = _inpaint_setup(load_fixture)
     side = cfg.padding_offset
     lq = _photo("astronaut", side, side)
     rng = np.random.default_rng(0)
@@ -221,6 +251,54 @@ def test_face_restoration_config_with_f8_autoencoder(load_fixture):
     assert np.all(np.isfinite(out)) and np.max(np.abs(out)) <= 1.0 and np.std(out) > 1e-3
     with pytest.raises(ValueError, match="takes no mask"):
         pipeline.restore_image(lq, unet_params, vq_params, cfg, jax.random.key(1), mask=np.ones_like(lq[..., :1]))
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "configs/resshift").glob("*.py")
+                                         if p.stem not in ("degradation_realesrgan", "training")))
+def test_shipped_configs_pass_the_config_check(name):
+    pipeline.check_config(load_config_file(REPO / f"configs/resshift/{name}.py"))
+
+
+def test_config_check_names_the_mismatch():
+    cfg = load_config_file(REPO / "configs/resshift/inpaint_imagenet.py")
+    ratio = cfg.model.lq_size // cfg.model.image_size
+    wrong = ml_collections.ConfigDict(cfg.to_dict())
+    wrong.model.lq_size = cfg.model.image_size * ratio // 2
+    with pytest.raises(ValueError, match=f"model.lq_size = {ratio} \\* model.image_size") as err:
+        pipeline.check_config(wrong)
+    assert "\n" not in str(err.value)
+    wrong = ml_collections.ConfigDict(cfg.to_dict())
+    wrong.autoencoder.params.embed_dim = cfg.model.in_channels + 1
+    with pytest.raises(ValueError, match=f"model.in_channels is {cfg.model.in_channels} but"):
+        pipeline.check_config(wrong)
+
+
+def test_inpainting_pipeline_with_a_one_stage_lq_extractor():
+    """No fixture: an inpainting UNet whose LQ extractor has one stage (lq_size = 2 * image_size, num_heads
+    with num_head_channels = -1, 4 latent channels) with a random f2 VQ, through restore_image."""
+    cfg = load_config_file(REPO / "configs/resshift/inpaint_imagenet.py")
+    cfg.model.update(image_size=8, in_channels=4, out_channels=4, model_channels=32, channel_mult=(1,),
+                     num_res_blocks=(1,), attention_resolutions=(8,), num_heads=2, num_head_channels=-1,
+                     swin_depth=1, swin_embed_dim=32, window_size=4, mlp_ratio=2.0, lq_size=16)
+    cfg.autoencoder.params = {"embed_dim": 4, "n_embed": 16, "ddconfig": {
+        "double_z": False, "z_channels": 4, "resolution": 16, "in_channels": 3, "out_ch": 3, "ch": 32,
+        "ch_mult": [1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}}
+    cfg.padding_offset = 16
+    pipeline.check_config(cfg)
+    unet = unet_swin.model_from_config(cfg)
+    rng = np.random.default_rng(0)
+    unet_params = jax.tree.map(lambda a: (0.2 * rng.normal(size=a.shape) + (a.ndim == 1)).astype(np.float32),
+                               unet_swin.param_shapes(unet))
+    vq_params = vq.init_params(cfg.autoencoder, jax.random.key(1))
+    lq = _photo("astronaut", 16, 16)
+    unknown = np.zeros((1, 16, 16, 1), bool)
+    unknown[:, 4:12, 2:10] = True
+    mask = np.where(unknown, 1.0, -1.0).astype(np.float32)
+    out = np.asarray(pipeline.restore_image(lq, unet_params, vq_params, cfg, jax.random.key(2), mask=mask))
+    assert out.shape == lq.shape and np.all(np.isfinite(out))
+    known = ~unknown[0, ..., 0]
+    np.testing.assert_array_equal(out[0][known], lq[0][known])
+    assert np.max(np.abs(out[0][~known] - lq[0][~known])) > 1e-2
 
 
 def test_bad_settings_are_refused(tiny):
@@ -308,10 +386,7 @@ def test_restore_files_refusals(tiny, tmp_path):
 
 
 def test_mask_file_size_mismatch(load_fixture, tmp_path):
-    ufx, vfx = load_fixture("resshift/unet_tiny_inpaint"), load_fixture("resshift/vq_tiny_f4")
-    cfg = load_config_file(REPO / "configs/resshift/inpaint_imagenet.py")
-    cfg.model = ufx.meta["constructor_kwargs"]
-    cfg.autoencoder.params = vfx.meta["constructor_kwargs"]
+    cfg, _, _ = _inpaint_setup(load_fixture)
     photo, mask = tmp_path / "photo.png", tmp_path / "mask.png"
     images.write_png(photo, _photo("astronaut", 24, 20))
     images.write_png(mask, np.ones((1, 20, 20, 1), np.float32))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -192,20 +193,34 @@ def test_bfloat16_compute_close_to_float32(inpaint):
     assert 0 < rel < 0.05, rel  # bfloat16 really used, and still close
 
 
-def test_bad_inputs_raise(inpaint):
+def test_bad_inputs_raise(inpaint, realsr):
+    """Each invalid input is derived from the fixture's own configuration (sizes, channels, ratio)."""
     fx, model, params = inpaint.fx, inpaint.model, inpaint.params
     x, t, lq, mask = nhwc(fx["in/x"]), jnp.asarray(fx["in/t"]), nhwc(fx["in/lq"]), nhwc(fx["in/mask"])
     apply = lambda *a, **k: jax.eval_shape(lambda: model.apply({"params": params}, *a, **k))
+    apply(x, t, lq=lq, mask=mask)  # the fixture's own inputs are valid
     with pytest.raises(ValueError, match="pass mask="):
         apply(x, t, lq=lq)
     with pytest.raises(ValueError, match="pass lq="):
         apply(x, t, mask=mask)
-    with pytest.raises(ValueError, match="multiple of"):
-        apply(x[:, :12, :12], t, lq=lq, mask=mask)
+    if model.size_multiple > 1:  # one row and column fewer is never a multiple
+        with pytest.raises(ValueError, match=f"multiple of {model.size_multiple}"):
+            apply(x[:, :-1, :-1], t, lq=lq, mask=mask)
+    half = (slice(None), slice(0, lq.shape[1] // 2), slice(0, lq.shape[2] // 2))
     with pytest.raises(ValueError, match="lq of spatial size"):
-        apply(x, t, lq=lq[:, :32, :32], mask=mask[:, :32, :32])
+        apply(x, t, lq=lq[half], mask=mask[half])
     with pytest.raises(ValueError, match="t must have shape"):
-        apply(x, t[:1], lq=lq, mask=mask)
+        apply(x, jnp.concatenate([t, t]), lq=lq, mask=mask)
+    with pytest.raises(ValueError, match=f"x must be NHWC with {model.in_channels} channels"):
+        apply(jnp.concatenate([x, x[..., :1]], axis=-1), t, lq=lq, mask=mask)
+    with pytest.raises(ValueError, match="lq must be an NHWC RGB batch"):
+        apply(x, t, lq=jnp.concatenate([lq, lq[..., :1]], axis=-1), mask=mask)
+    with pytest.raises(ValueError, match="mask must have shape"):
+        apply(x, t, lq=lq, mask=jnp.concatenate([mask, mask], axis=-1))
+    fx, model, params = realsr.fx, realsr.model, realsr.params
+    x, t, lq = nhwc(fx["in/x"]), jnp.asarray(fx["in/t"]), nhwc(fx["in/lq"])
+    with pytest.raises(ValueError, match="takes no mask"):
+        apply(x, t, lq=lq, mask=lq[..., :1])
 
 
 # ----------------------------------------------------------------------------------------------- converter
@@ -222,15 +237,20 @@ def test_mismatched_checkpoint_raises(load_fixture, realsr):
     for name in ("out_2/bias", "input_blocks.1.0.extra.weight", "time_embed.0.weight"):
         assert name in message
 
-    # wrong window size: the stored buffers name the mistake
+    # wrong window size: the stored buffers name the mistake (the first Swin buffer this configuration has)
+    buffers = sorted(unet_swin.expected_buffers(kwargs), key=lambda k: (not k.endswith("attn_mask"), k))
+    assert buffers, "the real-SR configuration has no Swin stage"
     bad_buffer = dict(state)
-    bad_buffer["input_blocks.1.1.blocks.1.attn_mask"] = np.zeros_like(state["input_blocks.1.1.blocks.1.attn_mask"])
-    with pytest.raises(ConversionError, match="input_blocks.1.1.blocks.1.attn_mask"):
+    bad_buffer[buffers[0]] = np.asarray(state[buffers[0]]) + 1
+    with pytest.raises(ConversionError, match=re.escape(buffers[0])):
         unet_swin.convert_torch_state_dict(bad_buffer, kwargs)
 
-    # the inpainting checkpoint does not fit the real-SR model
-    with pytest.raises(ConversionError, match="feature_extractor"):
-        unet_swin.convert_torch_state_dict(state_dict(load_fixture("resshift/unet_tiny_inpaint")), kwargs)
+    # the inpainting checkpoint does not fit the real-SR model (it has a mask channel, maybe an LQ extractor)
+    other = load_fixture("resshift/unet_tiny_inpaint")
+    extractor_only_there = bool(unet_swin.model_from_config(other.meta["constructor_kwargs"]).plan().extractor
+                                and not realsr.model.plan().extractor)
+    with pytest.raises(ConversionError, match="feature_extractor" if extractor_only_there else ""):
+        unet_swin.convert_torch_state_dict(state_dict(other), kwargs)
 
 
 def test_wrapper_prefixes_are_accepted(realsr):
@@ -261,3 +281,38 @@ def test_full_realsr_model_shapes():
     inputs = unet_swin.dummy_inputs(model, batch=2, size=128)
     out = jax.eval_shape(lambda p: model.apply({"params": p}, inputs["x"], inputs["t"], lq=inputs["lq"]), shapes)
     assert out.shape == (2, 128, 128, 3)
+
+
+# ----------------------------------------------------------------------------------------------- any configuration
+@pytest.mark.parametrize("ratio", [1, 2, 4])
+def test_inpainting_unet_at_any_lq_ratio(ratio):
+    """The inpainting UNet with lq_size = ratio * image_size (identity, one- or two-stage LQ extractor),
+    num_heads with num_head_channels = -1, Swin depth 3 only at the lower level, 4 latent channels: the
+    parameter shapes of the official constructor (``eval_shape``) and a forward at twice the size."""
+    kwargs = dict(image_size=8, in_channels=4, out_channels=4, model_channels=32, channel_mult=(1, 2),
+                  num_res_blocks=(1, 2), attention_resolutions=(4,), num_heads=2, num_head_channels=-1,
+                  swin_depth=3, swin_embed_dim=32, window_size=4, mlp_ratio=2.0, cond_lq=True, cond_mask=True,
+                  lq_size=8 * ratio)
+    model = unet_swin.model_from_config(kwargs)
+    shapes = unet_swin.param_shapes(model)
+    stages = int(np.log2(ratio))
+    extractor = sorted(k for k in shapes if k.startswith("feature_extractor_"))
+    assert extractor == [f"feature_extractor_{3 * i + j}" for i in range(stages) for j in (0, 2)]
+    if stages:
+        assert shapes["feature_extractor_0"]["kernel"].shape == (3, 3, 4, 16)  # LQ + mask -> 16
+        assert shapes[f"feature_extractor_{3 * stages - 1}"]["op"]["kernel"].shape[-1] == 16 * 2**stages
+    cond = 4 if ratio == 1 else 16 * 2**stages
+    assert shapes["input_blocks_0_0"]["kernel"].shape == (3, 3, 4 + cond, 32)
+    assert "input_blocks_1_1" not in shapes and "blocks_2" in shapes["input_blocks_3_1"]  # Swin only at 4x4
+    assert shapes["input_blocks_3_1"]["blocks_0"]["attn"]["relative_position_bias_table"].shape == (49, 2)
+
+    rng = np.random.default_rng(ratio)
+    params = jax.tree.map(lambda a: jnp.asarray(0.2 * rng.normal(size=a.shape) + (a.ndim == 1), a.dtype), shapes)
+    side = 2 * model.image_size
+    x = jnp.asarray(rng.normal(size=(2, side, side, 4)), jnp.float32)
+    lq = jnp.asarray(rng.uniform(-1, 1, (2, side * ratio, side * ratio, 3)), jnp.float32)
+    mask = jnp.asarray(np.where(rng.random((2, side * ratio, side * ratio, 1)) < 0.3, 1.0, -1.0), jnp.float32)
+    forward = jax.jit(lambda p, m: model.apply({"params": p}, x, jnp.array([0, 3]), lq=lq, mask=m))
+    y = forward(params, mask)
+    assert y.shape == (2, side, side, 4) and bool(jnp.all(jnp.isfinite(y)))
+    assert float(jnp.max(jnp.abs(forward(params, -mask) - y))) > 1e-4  # the mask reaches the network

@@ -229,12 +229,12 @@ class UNetModelSwin(nn.Module):
             return x
         if lq is None:
             raise ValueError("this UNet is conditioned on the LQ image (cond_lq=True): pass lq=")
-        if lq.ndim != 4 or lq.shape[0] != x.shape[0]:
-            raise ValueError(f"lq must be NHWC with batch {x.shape[0]}, got shape {lq.shape}")
+        if lq.ndim != 4 or lq.shape[0] != x.shape[0] or lq.shape[-1] != 3:
+            raise ValueError(f"lq must be an NHWC RGB batch ({x.shape[0]}, h, w, 3), got shape {lq.shape}")
         if self.cond_mask:
             if mask is None:
                 raise ValueError("this UNet is conditioned on an inpainting mask (cond_mask=True): pass mask=")
-            if mask.shape[:3] != lq.shape[:3] or mask.shape[3] != 1:
+            if mask.ndim != 4 or mask.shape[:3] != lq.shape[:3] or mask.shape[3] != 1:
                 raise ValueError(f"mask must have shape {lq.shape[:3] + (1,)}, got {mask.shape}")
             lq = jnp.concatenate([lq, mask.astype(lq.dtype)], axis=-1)
         elif mask is not None:
