@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from deqir_fixture_utils import parse_tol
 from deqir_jax import convert, models
 from ircore import checkpoints, torch_convert
 
@@ -41,7 +42,8 @@ def test_convert_checkpoint_round_trip_matches_official_outputs(load_fixture, tm
     model = models.model_from_config(cfg.model)
     x = np.transpose(fx["x"], (0, 2, 3, 1))
     got = jax.jit(model.apply)({"params": restored}, x, fx["timesteps"])
-    np.testing.assert_allclose(np.transpose(np.asarray(got), (0, 3, 1, 2)), fx["out"], atol=1e-4, rtol=1e-4)
+    atol, rtol = (parse_tol(fx.meta["tolerance"], kind) for kind in ("atol", "rtol"))
+    np.testing.assert_allclose(np.transpose(np.asarray(got), (0, 3, 1, 2)), fx["out"], atol=atol, rtol=rtol)
     with pytest.raises(FileExistsError):
         convert.convert_checkpoint(src, cfg, out)
 

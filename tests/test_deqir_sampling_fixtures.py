@@ -82,17 +82,32 @@ def _sequential(eps_apply, params, op, x_T, y, z, t, at, at_next, nw, etw):
                                         nw=nw, etw=etw)
 
 
-@partial(jax.jit, static_argnums=(0, 1, 2))
-def _solve(eps_apply, kind, max_iter, params, op, coefs, x0, tol):
+@partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _solve(eps_apply, kind, max_iter, mixing, params, op, coefs, x0, tol):
+    """Picard, or Anderson with ``mixing`` = (m, lam, beta) (the sidecar's ``anderson_settings``)."""
     f = lambda X: fp.deq_map(lambda x, t: eps_apply(params, x, t), op, coefs, X)
     if kind == "picard":
         return anderson.picard_solve(f, x0, tol=tol, max_iter=max_iter)
-    return anderson.anderson_solve(f, x0, m=5, lam=1e-3, beta=1.0, tol=tol, max_iter=max_iter)
+    m, lam, beta = mixing
+    return anderson.anderson_solve(f, x0, m=m, lam=lam, beta=beta, tol=tol, max_iter=max_iter)
 
 
 def _official_settings(meta):
     s = meta["anderson_settings"]
     return dict(m=s["m"], lam=s["lam"], beta=s["beta"], tol=s["tol"], max_iter=s["max_iter"])
+
+
+def _mixing(meta) -> tuple[int, float, float]:
+    s = meta["anderson_settings"]
+    return int(s["m"]), float(s["lam"]), float(s["beta"])
+
+
+def _tight_tol(meta) -> float:
+    """The tolerance of the official tight Anderson run, from its key description ("... tol=1e-7 ...")."""
+    text = meta["keys"]["anderson_tight/final_states"]["description"]
+    match = re.search(r"tol\s*=\s*([0-9.]+(?:[eE][-+]?[0-9]+)?)", text)
+    assert match, f"no tol in {text!r}"
+    return float(match.group(1))
 
 
 def test_coefficients_match_official(case):
@@ -145,7 +160,7 @@ def test_picard_is_exact_after_T_evaluations(cases, name):
     atol = _map_atol(c.meta)
     n = fx["picard/abs_residual"].shape[0]
     assert n > c.T, "fixture records fewer Picard iterations than T"
-    res = _solve(c.eps_apply, "picard", n, c.params, c.op, _coefs(c), fp.initial_states(c.x_T, c.T), 0.0)
+    res = _solve(c.eps_apply, "picard", n, None, c.params, c.op, _coefs(c), fp.initial_states(c.x_T, c.T), 0.0)
     assert int(res.n_evals) == n and int(res.status) == anderson.MAX_ITER
     hist = np.asarray(res.abs_residuals)
     # triangular system: after T evaluations every row is final, so f(X) == X exactly from then on
@@ -164,7 +179,8 @@ def test_tight_anderson_reaches_sequential_trajectory(cases, name):
     # Twice the official tight budget: near tol 1e-7 the Anderson systems are ill-conditioned and the iteration
     # count depends on float rounding (on one CPU inpaint_noise took 46 evaluations, past the fixture's 40).
     max_iter = 2 * fx[TIGHT_MAX_ITER_KEY].shape[0]
-    res = _solve(c.eps_apply, "anderson", max_iter, c.params, c.op, _coefs(c), fp.initial_states(c.x_T, c.T), 1e-7)
+    res = _solve(c.eps_apply, "anderson", max_iter, _mixing(c.meta), c.params, c.op, _coefs(c),
+                 fp.initial_states(c.x_T, c.T), _tight_tol(c.meta))
     anderson.check_result(res)
     assert int(res.status) == anderson.CONVERGED, (int(res.status), int(res.n_evals))
     err = maxabs(res.solution, nhwc(fx["seq/states"]))

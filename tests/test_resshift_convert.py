@@ -111,8 +111,8 @@ def test_strict_conversion_names_missing_and_unknown_keys(tiny, tmp_path):
         convert.convert_checkpoint(_save_pth(state, tmp_path / "bad.pth"), cfg, part="unet")
     assert "out.2.weight_renamed" in str(err.value) and "out_2" in str(err.value)
     state = _state(ufx)
-    mask_key = next(k for k in state if k.endswith("attn_mask"))
-    state[mask_key] = state[mask_key] + 1.0  # a stored Swin buffer that the model would not recompute
+    buffer_key = sorted(unet_swin.expected_buffers(cfg.model), key=lambda k: (not k.endswith("attn_mask"), k))[0]
+    state[buffer_key] = state[buffer_key] + 1  # a stored Swin buffer that the model would not recompute
     with pytest.raises(torch_convert.ConversionError, match="buffer"):
         convert.convert_checkpoint(_save_pth(state, tmp_path / "bad_buffer.pth"), cfg, part="unet")
 

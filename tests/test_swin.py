@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resshift_jax.models import swin
+from resshift_jax.models import swin, unet_swin
 from resshift_jax.models.unet_swin import convert_torch_state_dict
 
 RTOL = ATOL = 1e-4  # fixtures README: networks at rtol/atol 1e-4 in float32
@@ -78,27 +78,35 @@ def test_stage_buffers_shapes():
 
 
 def test_swin_blocks_match_fixture(load_fixture):
-    """The first Swin stage of the tiny real-SR UNet, block by block, from the recorded activations."""
+    """The recorded Swin stage of the tiny real-SR UNet (the ``act/<stage>.patch_embed`` ... entries), block by
+    block; heads, construction size, window and depth come from the configuration of that stage."""
     fx = load_fixture("resshift/unet_tiny_realsr")
     kw = fx.meta["constructor_kwargs"]
+    model = unet_swin.model_from_config(kw)
+    stages = dict(model.plan().swin_stages())  # PyTorch prefix "input_blocks.1.1." -> construction size
+    recorded = [k[len("act/"):-len("patch_embed")] for k in fx.files
+                if k.startswith("act/") and k.endswith(".patch_embed")]
+    assert len(recorded) == 1 and recorded[0] in stages, f"recorded Swin stage {recorded} not in {list(stages)}"
+    prefix, img_size = recorded[0], stages[recorded[0]]
     state = {k[len("sd/"):]: fx[k] for k in fx.files if k.startswith("sd/")}
-    stage_params = convert_torch_state_dict(state, kw)["input_blocks_1_1"]
-    embed, heads = kw["swin_embed_dim"], kw["swin_embed_dim"] // kw["num_head_channels"]
+    stage_params = convert_torch_state_dict(state, kw)
+    for name in unet_swin.torch_key_to_path(prefix + "x")[:-1]:
+        stage_params = stage_params[name]
 
     def act(name):  # CHW of batch element 0 -> NHWC with batch 1
-        return jnp.asarray(fx[f"act/input_blocks.1.1.{name}"].transpose(1, 2, 0)[None])
+        return jnp.asarray(fx[f"act/{prefix}{name}"].transpose(1, 2, 0)[None])
 
     def check(got, name):
-        np.testing.assert_allclose(np.asarray(got)[0].transpose(2, 0, 1), fx[f"act/input_blocks.1.1.{name}"],
+        np.testing.assert_allclose(np.asarray(got)[0].transpose(2, 0, 1), fx[f"act/{prefix}{name}"],
                                    rtol=RTOL, atol=ATOL, err_msg=name)
 
     x = act("patch_embed")
-    for i in range(kw["swin_depth"]):
-        block = swin.SwinBlock(embed, heads, img_size=kw["image_size"], window_size=kw["window_size"],
-                               shift_size=0 if i % 2 == 0 else kw["window_size"] // 2,
-                               mlp_ratio=kw["mlp_ratio"])
+    for i in range(model.swin_depth):
+        block = swin.SwinBlock(model.swin_embed_dim, model.swin_heads, img_size=img_size,
+                               window_size=model.window_size,
+                               shift_size=0 if i % 2 == 0 else model.window_size // 2, mlp_ratio=model.mlp_ratio)
         out = jax.jit(block.apply)({"params": stage_params[f"blocks_{i}"]}, x)
         check(out, f"blocks.{i}")
         x = act(f"blocks.{i}")
-    unembed = swin.PatchProjection(fx["act/input_blocks.1.1.patch_unembed"].shape[0])
+    unembed = swin.PatchProjection(fx[f"act/{prefix}patch_unembed"].shape[0], patch_norm=model.patch_norm)
     check(unembed.apply({"params": stage_params["patch_unembed"]}, x), "patch_unembed")

@@ -106,7 +106,7 @@ def test_key_mapping_round_trips(run):
 def test_missing_key_is_named(run):
     fx, cfg, _, _ = run
     state = state_dict(fx)
-    dropped = sorted(k for k in state if k.startswith("decoder.up.0.block.1."))[0]
+    dropped = sorted(k for k in state if k.startswith("decoder.up."))[0]
     del state[dropped]
     with pytest.raises(ConversionError, match=dropped.replace(".", r"\.")):
         vq.convert_torch_state_dict(state, cfg)
@@ -140,13 +140,14 @@ def test_bad_inputs_raise(run):
     model = vq.model_from_config(cfg)
     x = nhwc(fx["in/x"])
     with pytest.raises(ValueError, match="channels"):
-        model.apply({"params": params}, x[..., :2], method=vq.VQModel.encode)
+        model.apply({"params": params}, x[..., :-1], method=vq.VQModel.encode)
     with pytest.raises(ValueError, match="NHWC"):
         model.apply({"params": params}, x[0], method=vq.VQModel.decode)
     with pytest.raises(ValueError, match="channels"):
         model.apply({"params": params}, np.zeros((1, 4, 4, cfg["embed_dim"] + 1), np.float32),
                     method=vq.VQModel.quantize)
-    bad = {**cfg, "ddconfig": {**cfg["ddconfig"], "num_res_blocks": [1]}}
+    too_many = [1] * (len(cfg["ddconfig"]["ch_mult"]) + 1)  # one entry per level is required
+    bad = {**cfg, "ddconfig": {**cfg["ddconfig"], "num_res_blocks": too_many}}
     with pytest.raises(ValueError, match="num_res_blocks"):
         vq.model_from_config(bad)
     bad = {**cfg, "ddconfig": {**cfg["ddconfig"], "double_z": True}}
