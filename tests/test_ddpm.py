@@ -61,8 +61,8 @@ def analytic_param_count(cfg: dict) -> int:
     def attn(c: int) -> int:
         return 2 * c + 4 * (c * c + c)
 
-    def conv3(c: int) -> int:
-        return 9 * c * c + c
+    def conv3(c: int) -> int:  # the resampling conv, absent without resamp_with_conv
+        return 9 * c * c + c if cfg.get("resamp_with_conv", True) else 0
 
     n = (ch * temb + temb) + (temb * temb + temb) + (9 * cfg["in_channels"] * ch + ch)
     skips, c = [ch], ch
@@ -141,11 +141,14 @@ def test_wrong_input_size_raises(tiny):
     fx, _, params, model, _, _ = tiny
     size = model.image_size
     t = jnp.asarray(fx["timesteps"])
-    for shape in [(t.shape[0], size // 2, size // 2, 3), (t.shape[0], size, size + 2, 3), (t.shape[0], size, size, 4)]:
+    channels = fx["x"].shape[1]
+    batch = t.shape[0]
+    for shape in [(batch, size // 2, size // 2, channels), (batch, size, size + 2, channels),
+                  (batch, size, size, channels + 1)]:
         with pytest.raises(ValueError, match="configured for"):
             model.apply({"params": params}, jnp.zeros(shape), t)
     with pytest.raises(ValueError, match="timesteps must have shape"):
-        model.apply({"params": params}, jnp.zeros((t.shape[0], size, size, 3)), t[:1])
+        model.apply({"params": params}, jnp.zeros((batch, size, size, channels)), jnp.concatenate([t, t]))
 
 
 def test_converter_is_strict(load_fixture):
