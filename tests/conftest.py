@@ -3,6 +3,9 @@
 * 8 virtual CPU devices (set before jax is imported), so sharded code runs on a real mesh.
 * ``fixtures_dir``: the reference-fixture folder, from ``REFERENCE_FIXTURES`` (default
   ``../shared/fixtures`` relative to the repository root).
+
+Rule: the suite must pass with ``REFERENCE_FIXTURES`` pointing at any fixture set of this format; tests
+read configurations, sizes, key names and tolerances from the sidecars and npz files (tests/README.md).
 """
 from __future__ import annotations
 
