@@ -90,7 +90,7 @@ def tiny(load_fixture, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(tiny, load_fixture):
-    """``reference(lq (2,32,32,3), key)``: restore_image with the noises of tile 0 drawn from ``key`` given
+    """``reference(lq (B, h, w, 3), key)``: restore_image with the noises of tile 0 drawn from ``key`` given
     explicitly (one compiled program, the same one the fixture check uses)."""
     info, unet_params, vq_params = tiny
     cfg = info.cfg
