@@ -1,4 +1,7 @@
-"""Fixed-point solvers in ``lax.while_loop``: Anderson acceleration (DeqIR semantics) and Picard.
+"""Generic fixed-point solvers in ``lax.while_loop``: Anderson acceleration (DeqIR semantics) and Picard.
+
+Defaults are the official settings (:data:`deqir_jax.solver_settings.OFFICIAL_ANDERSON`); the chain-aware
+solvers (windowed Picard, triangular Anderson) are in :mod:`deqir_jax.triangular`.
 
 Both solve ``X = f(X)`` for a state ``X`` of shape ``(R, ...)`` whose leading axis holds R independent
 rows (DeqIR: the T chain states). The whole solve is one device loop: no host round trips.
@@ -25,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding
 
+from deqir_jax.solver_settings import OFFICIAL_ANDERSON as _OFFICIAL
 from ircore.mesh import constrain
 
 Array = jax.Array
@@ -54,6 +58,10 @@ class SolverResult(NamedTuple):
                    NaN after the last one.
     abs_residuals: (max_iter,) absolute residual ||f(X)-X||_F of each evaluation, NaN padded.
     status:        () int32, one of CONVERGED, MAX_ITER, DIVERGED, NOT_FINITE.
+    image_evals:   () int32, rows (images) the network evaluated in all (= n_evals x R for a whole-state
+                   solve; fewer for a windowed one; a warm start's calls included).
+    x0_trace:      (max_iter, ...) the last row (DeqIR: x0) of the iterate after each evaluation, NaN padded;
+                   only with ``trace=True`` (benchmarks), else None.
     """
 
     solution: Array
@@ -61,6 +69,17 @@ class SolverResult(NamedTuple):
     residuals: Array
     abs_residuals: Array
     status: Array
+    image_evals: Array
+    x0_trace: Array | None = None
+
+
+def _trace_init(trace: bool, n: int, x: Array) -> Array | None:
+    """(n, ...) NaN buffer for the last row of every evaluation's iterate (None when not traced)."""
+    return jnp.full((n,) + x.shape[1:], jnp.nan, x.dtype) if trace else None
+
+
+def _trace_set(buf: Array | None, i: Array, x: Array) -> Array | None:
+    return None if buf is None else buf.at[i].set(x[-1])
 
 
 def _compute_dtype(dtype) -> jnp.dtype:
@@ -134,13 +153,14 @@ def anderson_solve(
     f: MapFn,
     x0: Array,
     *,
-    m: int = 5,
-    lam: float | Array = 1e-3,
-    beta: float | Array = 1.0,
-    tol: float | Array = 1e-3,
-    max_iter: int = 15,
+    m: int = _OFFICIAL.m,
+    lam: float | Array = _OFFICIAL.lam,
+    beta: float | Array = _OFFICIAL.beta,
+    tol: float | Array = _OFFICIAL.tol,
+    max_iter: int = _OFFICIAL.max_iter,
     divergence_ratio: float = 1e4,
     state_sharding: NamedSharding | None = None,
+    trace: bool = False,
 ) -> SolverResult:
     """Anderson acceleration of ``X = f(X)`` with per-row mixing and a joint stopping norm.
 
@@ -169,7 +189,7 @@ def anderson_solve(
     state = dict(
         k=jnp.int32(1), X=X, F=F, x_last=x0,
         abs_hist=_history(max_iter, dtype).at[0].set(abs0), rel_hist=_history(max_iter, dtype).at[0].set(rel0),
-        status=status0, first_abs=abs0,
+        status=status0, first_abs=abs0, trace=_trace_set(_trace_init(trace, max_iter, x0), 0, x0),
     )
 
     def cond(s):
@@ -192,12 +212,12 @@ def anderson_solve(
         return dict(
             k=k + 1, X=X, F=F, x_last=x_new,
             abs_hist=s["abs_hist"].at[k].set(abs_res), rel_hist=s["rel_hist"].at[k].set(rel_res),
-            status=status, first_abs=s["first_abs"],
+            status=status, first_abs=s["first_abs"], trace=_trace_set(s["trace"], k, x_new),
         )
 
     s = jax.lax.while_loop(cond, body, state)
     status = jnp.where(s["status"] == RUNNING, jnp.int32(MAX_ITER), s["status"])
-    return SolverResult(s["x_last"], s["k"], s["rel_hist"], s["abs_hist"], status)
+    return SolverResult(s["x_last"], s["k"], s["rel_hist"], s["abs_hist"], status, s["k"] * jnp.int32(R), s["trace"])
 
 
 def picard_solve(
@@ -205,9 +225,10 @@ def picard_solve(
     x0: Array,
     *,
     tol: float | Array = 0.0,
-    max_iter: int = 15,
+    max_iter: int = _OFFICIAL.max_iter,
     divergence_ratio: float = 1e4,
     state_sharding: NamedSharding | None = None,
+    trace: bool = False,
 ) -> SolverResult:
     """Plain fixed-point iteration ``X_{k+1} = f(X_k)`` from ``x0`` (R, ...).
 
@@ -224,6 +245,7 @@ def picard_solve(
     state = dict(
         k=jnp.int32(0), x=constrain(x0, state_sharding), abs_hist=_history(max_iter, dtype),
         rel_hist=_history(max_iter, dtype), status=jnp.int32(RUNNING), first_abs=jnp.array(jnp.inf, _compute_dtype(dtype)),
+        trace=_trace_init(trace, max_iter, x0),
     )
 
     def cond(s):
@@ -238,11 +260,12 @@ def picard_solve(
         return dict(
             k=k + 1, x=f_new, abs_hist=s["abs_hist"].at[k].set(abs_res),
             rel_hist=s["rel_hist"].at[k].set(rel_res), status=status, first_abs=first_abs,
+            trace=_trace_set(s["trace"], k, f_new),
         )
 
     s = jax.lax.while_loop(cond, body, state)
     status = jnp.where(s["status"] == RUNNING, jnp.int32(MAX_ITER), s["status"])
-    return SolverResult(s["x"], s["k"], s["rel_hist"], s["abs_hist"], status)
+    return SolverResult(s["x"], s["k"], s["rel_hist"], s["abs_hist"], status, s["k"] * jnp.int32(x0.shape[0]), s["trace"])
 
 
 def check_result(result: SolverResult, *, require_convergence: bool = False) -> SolverResult:

@@ -28,7 +28,9 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
-from deqir_jax.anderson import SolverResult, anderson_solve, picard_solve
+from deqir_jax.anderson import SolverResult, anderson_solve
+from deqir_jax.solver_settings import DEFAULT as DEFAULT_SOLVER, SolverSettings
+from deqir_jax.triangular import triangular_solve
 from ircore.mesh import constrain, num_shards, pad_to_multiple, padded_length, unpad
 
 Array = jax.Array
@@ -248,35 +250,64 @@ def eps_fn_from_model(model: Any, params: Any) -> EpsFn:
     return eps_fn
 
 
-def solve_parallel(
+def chain_row_fns(
     eps_fn: EpsFn,
     op: Operator,
     coefs: DeqCoefficients,
     *,
-    solver: str = "anderson",
-    m: int = 5,
-    lam: float = 1e-3,
-    beta: float = 1.0,
-    tol: float = 1e-3,
-    max_iter: int = 15,
-    x_init: Array | None = None,
     chunk_size: int | None = None,
     sharding: NamedSharding | None = None,
-) -> SolverResult:
-    """DeqIR sampling: solve X = deq_map(X) and return the :class:`~deqir_jax.anderson.SolverResult`
-    (jit-able; wrap it in ``jax.jit`` with the model parameters as arguments).
+) -> tuple[Callable[[Array, Array, int], Array], Callable[[Array], Array]]:
+    """The map split for the chain solvers of :mod:`deqir_jax.triangular`: ``eval_rows(X, start, size)`` ->
+    eps of rows ``start .. start+size-1`` (their inputs ``concat([x_T], X[:-1])``; one batched call of
+    ``size`` rows) and ``combine(E)`` -> the T states (:func:`combine_eps`)."""
 
-    Defaults are the official effective settings (Anderson m 5, lam 1e-3, beta 1, tol 1e-3, at most 15
-    map evaluations, initial guess x_T repeated). ``solver="picard"`` iterates the map (exact after T
-    evaluations). The restored image is ``result.solution[-1:]`` (1, H, W, C); check
-    ``result.status`` / :func:`deqir_jax.anderson.check_result` on the host.
+    def eval_rows(X: Array, start: Array, size: int) -> Array:
+        inputs = jnp.concatenate([coefs.x_T.astype(X.dtype), X[:-1]], axis=0)
+        x = jax.lax.dynamic_slice_in_dim(inputs, start, size, axis=0)
+        t = jax.lax.dynamic_slice_in_dim(coefs.t, start, size, axis=0)
+        return batched_eps(eps_fn, x, t, chunk_size=chunk_size, sharding=sharding)
+
+    return eval_rows, lambda E: combine_eps(op, coefs, E)
+
+
+def solve_parallel(
+    eps_fn: EpsFn,
+    op: Operator,
+    coefs: DeqCoefficients,
+    settings: SolverSettings = DEFAULT_SOLVER,
+    *,
+    x_init: Array | None = None,
+    sharding: NamedSharding | None = None,
+    trace: bool = False,
+) -> SolverResult:
+    """DeqIR sampling: solve X = deq_map(X) with ``settings`` and return the
+    :class:`~deqir_jax.anderson.SolverResult` (jit-able; wrap it in ``jax.jit`` with the model parameters
+    as arguments).
+
+    ``settings.method``: ``"anderson"`` (the official solve, :data:`~deqir_jax.solver_settings.OFFICIAL_ANDERSON`),
+    ``"picard"`` or ``"triangular"`` (windowed, row-freezing chain solves of :mod:`deqir_jax.triangular`).
+    The initial guess is ``x_init`` or x_T repeated (the official one). The restored image is
+    ``result.solution[-1:]`` (1, H, W, C); check ``result.status`` /
+    :func:`deqir_jax.anderson.check_result` on the host.
     """
+    if not isinstance(settings, SolverSettings):
+        raise TypeError(f"settings must be a SolverSettings, got {type(settings).__name__}")
     T = coefs.t.shape[0]
     x0 = initial_states(coefs.x_T, T) if x_init is None else x_init
-    f = lambda X: deq_map(eps_fn, op, coefs, X, chunk_size=chunk_size, sharding=sharding)
-    if solver == "anderson":
-        return anderson_solve(f, x0, m=m, lam=lam, beta=beta, tol=tol, max_iter=max_iter,
-                                       state_sharding=sharding)
-    if solver == "picard":
-        return picard_solve(f, x0, tol=tol, max_iter=max_iter, state_sharding=sharding)
-    raise ValueError(f"unknown solver {solver!r}; expected 'anderson' or 'picard'")
+    if x0.shape != (T,) + coefs.x_T.shape[1:]:
+        raise ValueError(f"x_init must have shape {(T,) + coefs.x_T.shape[1:]}, got {tuple(x0.shape)}")
+    chunk = settings.chunk_size or None
+    if settings.method == "anderson":
+        f = lambda X: deq_map(eps_fn, op, coefs, X, chunk_size=chunk, sharding=sharding)  # noqa: E731
+        return anderson_solve(f, x0, m=settings.m, lam=settings.lam, beta=settings.beta, tol=settings.tol,
+                              max_iter=settings.max_iter, state_sharding=sharding, trace=trace)
+    if settings.warm_start > T:
+        raise ValueError(f"solver settings: warm_start ({settings.warm_start}) must be <= T ({T}) rounds")
+    eval_rows, combine = chain_row_fns(eps_fn, op, coefs, chunk_size=chunk, sharding=sharding)
+    return triangular_solve(
+        eval_rows, combine, x0, coefs.prevsum, window=settings.window_rows(T),
+        m=settings.m if settings.method == "triangular" else 1, lam=settings.lam, tol=settings.tol,
+        row_tol=settings.row_tol, stop=settings.stop, x0_tol=settings.x0_tol, max_iter=settings.max_iter,
+        warm_start=settings.warm_start, state_sharding=sharding, trace=trace,
+    )

@@ -48,21 +48,53 @@ def _implicit_bwd(f, solve, solve_adjoint, residuals, cotangent):
 _implicit.defvjp(_implicit_fwd, _implicit_bwd)
 
 
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _implicit_structured(f, forward, solve_adjoint, x0, theta, consts, fwd_consts):
+    return forward(x0, theta, *fwd_consts)
+
+
+def _implicit_structured_fwd(f, forward, solve_adjoint, x0, theta, consts, fwd_consts):
+    result = forward(x0, theta, *fwd_consts)
+    return result, (result.solution, theta, consts, fwd_consts)
+
+
+def _implicit_structured_bwd(f, forward, solve_adjoint, residuals, cotangent):
+    x_star, theta, consts, fwd_consts = residuals
+    _, g_theta, g_consts = _implicit_bwd(f, None, solve_adjoint, (x_star, theta, consts), cotangent)
+    # the forward solver's own closure (e.g. the same network weights) is reached through f instead
+    return None, g_theta, g_consts, jax.tree.map(jax.numpy.zeros_like, fwd_consts)
+
+
+_implicit_structured.defvjp(_implicit_structured_fwd, _implicit_structured_bwd)
+
+
 def implicit_solve(
     f: ParamMap,
     theta: Any,
     x0: Array,
-    solve: Solver,
+    solve: Solver | None = None,
     solve_adjoint: Solver | None = None,
+    *,
+    forward: Callable[[Array, Any], SolverResult] | None = None,
 ) -> SolverResult:
     """Solve X = f(X, theta) from x0 with implicit (adjoint) differentiation w.r.t. theta.
 
     f(X (R, ...), theta) -> (R, ...); theta: any pytree. Returns the forward :class:`SolverResult`;
-    differentiate through ``result.solution``. The adjoint solve uses ``solve_adjoint`` (default
-    ``solve``) on ``u -> g + vjp_X(u)`` started at ``u = g``. Arrays ``f`` closes over also get gradients.
+    differentiate through ``result.solution``. The forward solve is ``solve(f(., theta), x0)``, or, for a
+    solver that needs more structure than the map (the windowed chain solves of
+    :mod:`deqir_jax.triangular`), ``forward(x0, theta)``, which must find the fixed point of the same map.
+    The adjoint solve uses ``solve_adjoint`` (default ``solve``) on ``u -> g + vjp_X(u)`` started at
+    ``u = g``. Arrays ``f`` closes over also get gradients.
     """
     closed, consts = jax.closure_convert(f, x0, theta)
-    return _implicit(closed, solve, solve_adjoint or solve, x0, theta, tuple(consts))
+    if forward is None:
+        if solve is None:
+            raise ValueError("implicit_solve: give solve (a generic solver) or forward (a structured one)")
+        return _implicit(closed, solve, solve_adjoint or solve, x0, theta, tuple(consts))
+    if solve_adjoint is None:
+        raise ValueError("implicit_solve: a structured forward needs solve_adjoint for the backward pass")
+    fwd_closed, fwd_consts = jax.closure_convert(forward, x0, theta)
+    return _implicit_structured(closed, fwd_closed, solve_adjoint, x0, theta, tuple(consts), tuple(fwd_consts))
 
 
 def phantom_solve(

@@ -3,12 +3,16 @@
 Each epoch solves the fixed point from the current x_T, evaluates a loss on its x_0 row and takes an
 optax step on x_T. Two gradient modes:
 
-* ``"phantom"`` (official): the (T+1)-row inversion map (row 0 = x_T), solved with its own Anderson
-  settings (m 3, lam 1e-3, max_iter 15, tol 1e-2, beta 0.9), warm-started from
+* ``"phantom"`` (official): the (T+1)-row inversion map (row 0 = x_T), solved with the official inversion
+  settings (:data:`~deqir_jax.solver_settings.OFFICIAL_INVERSION`: Anderson m 3, lam 1e-3, max_iter 15,
+  tol 1e-2, beta 0.9; ``solver.method`` anderson or picard), warm-started from
   ``concat([x_T], warm_states)``; then ``X_out = (1 - tau) X* + tau f(X*)`` with X* detached. The
   gradient reaches x_T only through the linear ``all_xT`` term.
-* ``"implicit"``: the T-row sampling map through :func:`deqir_jax.implicit.implicit_solve` (adjoint
-  fixed point), i.e. the exact gradient of the converged x_0 (model Jacobian included).
+* ``"implicit"`` (the default): the T-row sampling map through :func:`deqir_jax.implicit.implicit_solve`
+  (adjoint fixed point), i.e. the exact gradient of the converged x_0 (model Jacobian included). Any
+  ``solver`` works: Anderson solves forward and adjoint alike; the chain solves (picard, triangular) solve
+  forward with :func:`deqir_jax.fixed_point.solve_parallel` and the (upper-triangular) adjoint exactly with
+  T Picard steps.
 
 Losses (weighted by ``lambda1``): ``"oracle"`` ||x0 - x_gt||^2 (official default; uses the ground
 truth), ``"reference"`` ||x0 - x_ref||^2, ``"measurement"`` ||A x0 - y||^2; sums over pixels.
@@ -26,8 +30,9 @@ import jax.numpy as jnp
 import optax
 
 from deqir_jax import fixed_point as fp
-from deqir_jax.anderson import SolverResult, anderson_solve
+from deqir_jax.anderson import SolverResult, anderson_solve, picard_solve
 from deqir_jax.implicit import implicit_solve, phantom_solve
+from deqir_jax.solver_settings import OFFICIAL_INVERSION, SolverSettings
 
 Array = jax.Array
 LossFn = Callable[[Array], Array]
@@ -38,9 +43,10 @@ GRADIENT_MODES = ("phantom", "implicit")
 
 @dataclasses.dataclass(frozen=True)
 class InitOptConfig:
-    """Settings (official defaults: configs/imagenet.yml optim + latent_space_opt_anderson.py)."""
+    """Settings (official defaults: configs/imagenet.yml optim + latent_space_opt_anderson.py, except the
+    gradient: implicit by default, phantom is the official one). ``solver`` is the inner fixed-point solve."""
 
-    gradient: str = "phantom"
+    gradient: str = "implicit"
     lr: float = 2e-5
     b1: float = 0.9
     b2: float = 0.999
@@ -50,12 +56,7 @@ class InitOptConfig:
     lambda1: float = 1.0
     tau: float = 0.1
     pg_steps: int = 1
-    m: int = 3
-    lam: float = 1e-3
-    beta: float = 0.9
-    tol: float = 1e-2
-    max_iter: int = 15
-    chunk_size: int | None = None
+    solver: SolverSettings = OFFICIAL_INVERSION
 
     def __post_init__(self):
         if self.gradient not in GRADIENT_MODES:
@@ -64,10 +65,19 @@ class InitOptConfig:
             raise ValueError(f"n_epochs must be >= 1, got {self.n_epochs}")
         if not 0.0 < self.tau <= 1.0:
             raise ValueError(f"tau must be in (0, 1], got {self.tau}")
+        if not isinstance(self.solver, SolverSettings):
+            raise ValueError(f"solver must be a SolverSettings, got {type(self.solver).__name__}")
+        if self.gradient == "phantom" and self.solver.method == "triangular":
+            raise ValueError("the phantom gradient solves the (T+1)-row inversion map: use solver.method "
+                             "anderson or picard (or gradient=implicit)")
 
-    def solver(self, sharding=None) -> Callable[..., SolverResult]:
-        return partial(anderson_solve, m=self.m, lam=self.lam, beta=self.beta, tol=self.tol,
-                       max_iter=self.max_iter, state_sharding=sharding)
+    def generic_solver(self, sharding=None) -> Callable[..., SolverResult]:
+        """The inner solve as a generic ``solve(f, x0)`` (Anderson, or whole-state Picard)."""
+        s = self.solver
+        if s.method == "anderson":
+            return partial(anderson_solve, m=s.m, lam=s.lam, beta=s.beta, tol=s.tol, max_iter=s.max_iter,
+                           state_sharding=sharding)
+        return partial(picard_solve, tol=s.tol, max_iter=s.max_iter, state_sharding=sharding)
 
     def optimizer(self) -> optax.GradientTransformation:
         return optax.adam(self.lr, b1=self.b1, b2=self.b2, eps=self.eps)
@@ -124,9 +134,11 @@ def make_loss(kind: str, *, op: Any = None, y: Array | None = None, target: Arra
 def _phantom_loss(x_T, warm_states, eps_fn, op, problem, loss_fn, cfg, nw, etw, use_svd, sharding):
     coefs = fp.make_coefficients(op, x_T, problem.y, problem.z, problem.t, problem.at, problem.at_next,
                                  nw=nw, etw=etw, use_svd=use_svd, inversion=True)
-    f = lambda X, c: fp.deq_inversion_map(eps_fn, op, c, X, chunk_size=cfg.chunk_size, sharding=sharding)
+    chunk = cfg.solver.chunk_size or None
+    f = lambda X, c: fp.deq_inversion_map(eps_fn, op, c, X, chunk_size=chunk, sharding=sharding)
     x0_guess = jnp.concatenate([x_T, warm_states], axis=0)
-    states, result = phantom_solve(f, coefs, x0_guess, cfg.solver(sharding), tau=cfg.tau, steps=cfg.pg_steps)
+    states, result = phantom_solve(f, coefs, x0_guess, cfg.generic_solver(sharding), tau=cfg.tau,
+                                   steps=cfg.pg_steps)
     loss = cfg.lambda1 * loss_fn(states[-1:])
     return loss, (states, result)
 
@@ -134,8 +146,15 @@ def _phantom_loss(x_T, warm_states, eps_fn, op, problem, loss_fn, cfg, nw, etw, 
 def _implicit_loss(x_T, warm_states, eps_fn, op, problem, loss_fn, cfg, nw, etw, use_svd, sharding):
     coefs = fp.make_coefficients(op, x_T, problem.y, problem.z, problem.t, problem.at, problem.at_next,
                                  nw=nw, etw=etw, use_svd=use_svd)
-    f = lambda X, c: fp.deq_map(eps_fn, op, c, X, chunk_size=cfg.chunk_size, sharding=sharding)
-    result = implicit_solve(f, coefs, jax.lax.stop_gradient(warm_states), cfg.solver(sharding))
+    chunk = cfg.solver.chunk_size or None
+    f = lambda X, c: fp.deq_map(eps_fn, op, c, X, chunk_size=chunk, sharding=sharding)
+    warm = jax.lax.stop_gradient(warm_states)
+    if cfg.solver.method == "anderson":
+        result = implicit_solve(f, coefs, warm, cfg.generic_solver(sharding))
+    else:
+        forward = lambda x0, c: fp.solve_parallel(eps_fn, op, c, cfg.solver, x_init=x0, sharding=sharding)
+        adjoint = partial(picard_solve, tol=0.0, max_iter=int(problem.t.shape[0]), state_sharding=sharding)
+        result = implicit_solve(f, coefs, warm, solve_adjoint=adjoint, forward=forward)
     loss = cfg.lambda1 * loss_fn(result.solution[-1:])
     return loss, (result.solution, jax.tree.map(jax.lax.stop_gradient, result))
 

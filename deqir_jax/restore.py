@@ -2,6 +2,7 @@
 
     out = restore(eps_fn, op, y, x_T, z, RestoreSettings(timesteps=25, etw=0.1))
     out.x0            # (1, H, W, C) restored image in [-1, 1] (not clamped)
+    RestoreSettings(solver=OFFICIAL_ANDERSON)   # the official solver (deqir_jax.solver_settings)
 
 ``sampler="parallel"`` solves the joint fixed point over all T states (one batched eps call per map
 evaluation, the time axis sharded over ``sharding``); ``"sequential"`` runs the T-step DDIM + DDNM chain.
@@ -18,51 +19,45 @@ import numpy as np
 from jax.sharding import NamedSharding
 
 from deqir_jax import anderson, fixed_point, init_opt, schedule, sequential
+from deqir_jax.solver_settings import DEFAULT as DEFAULT_SOLVER, OFFICIAL_ANDERSON, SolverSettings  # noqa: F401
 
 Array = jax.Array
 EpsFn = Callable[[Array, Array], Array]
 
 SAMPLERS = ("parallel", "sequential")
-SOLVERS = ("anderson", "picard")
 
 
 @dataclasses.dataclass(frozen=True)
 class RestoreSettings:
     """Static settings of a restoration run (hashable: one compile per distinct value).
 
-    Defaults are the official sampling settings (README example ``--timesteps 25 --etw 0.1``; Anderson
-    m 5, lambda 1e-3, beta 1, tol 1e-3, at most 15 map evaluations).
+    The chain is the official one (README example ``--timesteps 25 --etw 0.1``, nw 0); ``solver`` is the
+    parallel solve (:class:`~deqir_jax.solver_settings.SolverSettings`, the project default unless given).
     """
 
     timesteps: int = 25
     nw: float = 0.0
     etw: float = 0.1
     sampler: str = "parallel"
-    solver: str = "anderson"
-    m: int = 5
-    lam: float = 1e-3
-    beta: float = 1.0
-    tol: float = 1e-3
-    max_iter: int = 15
-    chunk_size: int | None = None
+    solver: SolverSettings = DEFAULT_SOLVER
     use_svd: bool = True
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
-        if self.solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
         if self.timesteps < 1:
             raise ValueError(f"timesteps must be >= 1, got {self.timesteps}")
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1 or None, got {self.chunk_size}")
+        if not isinstance(self.solver, SolverSettings):
+            raise ValueError(f"solver must be a SolverSettings, got {type(self.solver).__name__}")
 
 
 class RestoreOutput(NamedTuple):
     """x0: (1, H, W, C) result; states: (T, H, W, C) every state of the chain (last row = x0);
-    n_evals: () map evaluations (sequential: T single-image steps); residuals: (max_iter,) relative
-    residual per evaluation, NaN padded (sequential: all NaN); abs_residuals: the same, absolute; status: () solver status code
-    (:data:`deqir_jax.anderson.STATUS_NAMES`; sequential: converged)."""
+    n_evals: () sequential rounds of network calls (parallel: map evaluations plus warm-start calls;
+    sequential: T single-image steps); residuals: relative residual per round, NaN padded (sequential: all
+    NaN); abs_residuals: the same, absolute; status: () solver status code
+    (:data:`deqir_jax.anderson.STATUS_NAMES`; sequential: converged); image_evals: () single-image network
+    evaluations in all (the compute)."""
 
     x0: Array
     states: Array
@@ -70,6 +65,7 @@ class RestoreOutput(NamedTuple):
     residuals: Array
     abs_residuals: Array
     status: Array
+    image_evals: Array
 
 
 def chain_schedule(timesteps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -77,14 +73,6 @@ def chain_schedule(timesteps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     abar_pad = schedule.abar_padded(schedule.linear_betas())
     t, t_next = schedule.timestep_sequence(timesteps)
     return t.astype(np.int32), abar_pad[t + 1], abar_pad[t_next + 1]
-
-
-def nfe(settings: RestoreSettings, n_evals: int) -> int:
-    """Single-image network evaluations: parallel = evaluations x chain length; sequential = T."""
-    if settings.sampler == "sequential":
-        return int(n_evals)
-    length = len(schedule.timestep_sequence(settings.timesteps)[0])
-    return int(n_evals) * length
 
 
 def restore(
@@ -114,23 +102,19 @@ def restore(
             eps_fn, op, x_T, y, z, t, at, at_next, nw=settings.nw, etw=settings.etw
         )
         states = seq.states[:, 0]
-        no_history = jnp.full((settings.max_iter,), jnp.nan, states.dtype)
+        no_history = jnp.full((settings.solver.max_iter,), jnp.nan, states.dtype)
         return RestoreOutput(
             x0=seq.x0, states=states, n_evals=jnp.int32(T), residuals=no_history, abs_residuals=no_history,
-            status=jnp.int32(anderson.CONVERGED),
+            status=jnp.int32(anderson.CONVERGED), image_evals=jnp.int32(T),
         )
     coefs = fixed_point.make_coefficients(
         op, x_T, y, z, t, at, at_next, nw=settings.nw, etw=settings.etw, use_svd=settings.use_svd
     )
 
-    res = fixed_point.solve_parallel(
-        eps_fn, op, coefs, solver=settings.solver, m=settings.m, lam=settings.lam, beta=settings.beta,
-        tol=settings.tol, max_iter=settings.max_iter, x_init=init_states, chunk_size=settings.chunk_size,
-        sharding=sharding,
-    )
+    res = fixed_point.solve_parallel(eps_fn, op, coefs, settings.solver, x_init=init_states, sharding=sharding)
     return RestoreOutput(
         x0=res.solution[-1:], states=res.solution, n_evals=res.n_evals, residuals=res.residuals,
-        abs_residuals=res.abs_residuals, status=res.status,
+        abs_residuals=res.abs_residuals, status=res.status, image_evals=res.image_evals,
     )
 
 

@@ -20,6 +20,7 @@ fixed-point solver (or ``--config.sampler=sequential``) and writes, into ``<outp
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -34,9 +35,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from deqir_jax import anderson, init_opt, masks, models
+from deqir_jax import anderson, init_opt, masks, models, solver_settings
 from deqir_jax import operators as ops
-from deqir_jax.restore import RestoreSettings, make_init_opt_fn, make_restore_fn, nfe
+from deqir_jax.restore import RestoreSettings, make_init_opt_fn, make_restore_fn
 from ircore import checkpoints, images, mesh, metrics
 
 OUTPUT_FILES = ("restored.png", "measurement.png", "side_by_side.png", "metrics.json", "convergence.png")
@@ -50,9 +51,7 @@ def settings_from_config(cfg: ml_collections.ConfigDict) -> RestoreSettings:
     """The static sampler settings of a preset."""
     return RestoreSettings(
         timesteps=int(cfg.timesteps), nw=float(cfg.nw), etw=float(cfg.etw), sampler=cfg.sampler,
-        solver=cfg.solver.method, m=int(cfg.solver.m), lam=float(cfg.solver.lam),
-        beta=float(cfg.solver.beta), tol=float(cfg.solver.tol), max_iter=int(cfg.solver.max_iter),
-        chunk_size=int(cfg.solver.chunk_size) or None,
+        solver=solver_settings.from_config(cfg.solver),
     )
 
 
@@ -61,7 +60,7 @@ def init_opt_from_config(cfg: ml_collections.ConfigDict) -> init_opt.InitOptConf
     c = cfg.init_opt
     return init_opt.InitOptConfig(
         gradient=c.gradient, lr=float(c.learning_rate), n_epochs=int(c.steps), early_stop=float(c.early_stop),
-        chunk_size=int(cfg.solver.chunk_size) or None,
+        solver=solver_settings.from_config(c.solver),
     )
 
 
@@ -227,12 +226,13 @@ def restore_files(cfg: ml_collections.ConfigDict, params: Any | None = None, *, 
             "image": str(file),
             "task": cfg.degradation.name,
             "sampler": settings.sampler,
-            "solver": settings.solver if settings.sampler == "parallel" else None,
+            "solver": settings.solver.method if settings.sampler == "parallel" else None,
+            "solver_settings": dataclasses.asdict(settings.solver) if settings.sampler == "parallel" else None,
             "timesteps": settings.timesteps,
-            "map_evaluations": n_evals,
-            "nfe": nfe(settings, n_evals),
+            "map_evaluations": n_evals,  # sequential rounds of network calls (warm start included)
+            "nfe": int(out.image_evals),  # single-image network evaluations in all
             "status": anderson.STATUS_NAMES[int(out.status)],
-            "residual_history": [float(r) for r in np.asarray(out.residuals)[:n_evals]]
+            "residual_history": [float(r) if np.isfinite(r) else None for r in np.asarray(out.residuals)[:n_evals]]
             if settings.sampler == "parallel" else [],
             "wall_time_s": wall,
             "consistency_l2": float(jnp.sqrt(jnp.sum((op.A(out.x0) - y) ** 2))),
@@ -258,7 +258,7 @@ def restore_files(cfg: ml_collections.ConfigDict, params: Any | None = None, *, 
         images.write_png(folder / "side_by_side.png", images.side_by_side(panels))
         if settings.sampler == "parallel":
             plot_convergence(np.asarray(out.residuals), folder / "convergence.png",
-                             f"{file.name}: {settings.solver}, T={settings.timesteps}")
+                             f"{file.name}: {settings.solver.method}, T={settings.timesteps}")
         write_json(folder / "metrics.json", record)
         results.append(record)
     return results

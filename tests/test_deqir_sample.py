@@ -16,6 +16,7 @@ from PIL import Image
 from deqir_fixture_utils import SAMPLING_CASES, load_sampling_case, load_tiny_unet, nhwc, parse_tol
 from deqir_jax import restore as restore_lib
 from deqir_jax import sample
+from deqir_jax.solver_settings import OFFICIAL_ANDERSON, SolverSettings
 from deqir_jax.models import adm
 from ircore import checkpoints, mesh
 
@@ -28,7 +29,8 @@ def test_restore_parallel_equals_sequential_on_fixture(load_fixture):
     atol = parse_tol(case.meta["tolerance"]["converged fixed point vs seq/states"])
     eps_fn = lambda x, t: case.eps_apply(case.params, x, t)  # noqa: E731
     common = dict(timesteps=case.T, nw=case.nw, etw=case.etw)
-    par = restore_lib.RestoreSettings(sampler="parallel", solver="picard", tol=0.0, max_iter=case.T, **common)
+    exact = SolverSettings(method="picard", tol=0.0, max_iter=case.T, stop="residual", row_tol=0.0)
+    par = restore_lib.RestoreSettings(sampler="parallel", solver=exact, **common)
     seq = restore_lib.RestoreSettings(sampler="sequential", **common)
     run = jax.jit(lambda s, *a: restore_lib.restore(eps_fn, *a, s), static_argnums=0)
     out_p = run(par, case.op, case.y, case.x_T, case.z)
@@ -36,13 +38,19 @@ def test_restore_parallel_equals_sequential_on_fixture(load_fixture):
     assert int(out_p.n_evals) == case.T
     np.testing.assert_allclose(np.asarray(out_s.states), nhwc(case.fx["seq/states"]), atol=atol)
     np.testing.assert_allclose(np.asarray(out_p.x0), np.asarray(out_s.x0), atol=atol)
-    assert restore_lib.nfe(par, int(out_p.n_evals)) == case.T * case.T
+    assert int(out_p.image_evals) == case.T * case.T and int(out_s.image_evals) == case.T
 
 
 def test_restore_sharded_over_8_devices_equals_one_device(load_fixture):
     case = load_sampling_case(load_fixture, SAMPLING_CASES[0])
     eps_fn = lambda x, t: case.eps_apply(case.params, x, t)  # noqa: E731
-    settings = restore_lib.RestoreSettings(timesteps=case.T, nw=case.nw, etw=case.etw, max_iter=6)
+    # the default solver (windowed triangular Anderson, x0 stop) and the official Anderson
+    for solver in (SolverSettings(max_iter=6, window=max(case.T // 2, 1)), OFFICIAL_ANDERSON):
+        _check_one_vs_eight(case, eps_fn, restore_lib.RestoreSettings(timesteps=case.T, nw=case.nw, etw=case.etw,
+                                                                       solver=solver))
+
+
+def _check_one_vs_eight(case, eps_fn, settings):
     one = mesh.time_sharding(mesh.make_mesh(devices=jax.devices()[:1]))
     eight = mesh.time_sharding(mesh.make_mesh(devices=jax.devices()[:8]))
     assert len(jax.devices()) >= 8
@@ -113,7 +121,8 @@ def test_sample_sequential_and_parallel_agree(tiny_prior, tmp_path):
     photo = _photo(tmp_path, tiny_prior[2])
     seq = sample.restore_files(_config(tiny_prior, photo, tmp_path / "s", sampler="sequential"), progress=False)[0]
     par = sample.restore_files(_config(tiny_prior, photo, tmp_path / "p", **{
-        "solver.method": "picard", "solver.tol": 0.0, "solver.max_iter": 10}), progress=False)[0]
+        "solver.method": "picard", "solver.tol": 0.0, "solver.max_iter": 10, "solver.stop": "residual",
+        "solver.row_tol": 0.0}), progress=False)[0]
     a = np.asarray(Image.open(tmp_path / "s/astronaut/restored.png"), np.int32)
     b = np.asarray(Image.open(tmp_path / "p/astronaut/restored.png"), np.int32)
     assert np.abs(a - b).max() <= 1

@@ -8,6 +8,7 @@ official x_0 for the eta = 0 case.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from functools import partial
 
@@ -18,6 +19,7 @@ import pytest
 
 from deqir_fixture_utils import SAMPLING_CASES, load_sampling_case, load_tiny_unet, maxabs, nhwc, parse_tol
 from deqir_jax import anderson, fixed_point as fp, sequential
+from deqir_jax.solver_settings import OFFICIAL_ANDERSON
 
 TIGHT_MAX_ITER_KEY = "anderson_tight/abs_residual"
 
@@ -197,7 +199,8 @@ def test_official_anderson_budget(case):
 
     @jax.jit
     def run(params, op, coefs):  # the user-facing entry point with the official settings
-        return fp.solve_parallel(lambda x, t: c.eps_apply(params, x, t), op, coefs, solver="anderson", **s)
+        return fp.solve_parallel(lambda x, t: c.eps_apply(params, x, t), op, coefs,
+                                 dataclasses.replace(OFFICIAL_ANDERSON, **s))
 
     res = run(c.params, c.op, coefs)
     ref_abs, ref_rel = fx["anderson15/abs_residual"], fx["anderson15/rel_residual"]

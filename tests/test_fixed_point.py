@@ -5,6 +5,7 @@ test uses the tiny UNet and the first sampling case of the fixture folder (toler
 """
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 
 import jax
@@ -14,6 +15,7 @@ import pytest
 
 from deqir_fixture_utils import SAMPLING_CASES, load_sampling_case, load_tiny_unet, maxabs, parse_tol
 from deqir_jax import anderson, fixed_point as fp, schedule, sequential
+from deqir_jax.solver_settings import OFFICIAL_ANDERSON, SolverSettings
 from ircore import mesh as mesh_lib
 
 H = W = 4
@@ -151,13 +153,20 @@ def test_solve_parallel_entry_point():
     coefs = fp.make_coefficients(p["op"], p["x_T"], p["y"], p["z"], p["t"], p["at"], p["at_next"], etw=0.1)
     seq = sequential.sequential_sample(p["eps"], p["op"], p["x_T"], p["y"], p["z"], p["t"], p["at"],
                                        p["at_next"], etw=0.1)
-    picard = fp.solve_parallel(p["eps"], p["op"], coefs, solver="picard", tol=0.0, max_iter=5)
+    exact = SolverSettings(method="picard", tol=0.0, max_iter=5, stop="residual", row_tol=0.0)
+    picard = fp.solve_parallel(p["eps"], p["op"], coefs, exact)
     assert maxabs(picard.solution, seq.states[:, 0]) < 1e-4
-    res = fp.solve_parallel(p["eps"], p["op"], coefs, tol=1e-6, max_iter=30, lam=1e-8)
+    assert int(picard.n_evals) == 5 and int(picard.image_evals) == 25
+    tight = dataclasses.replace(OFFICIAL_ANDERSON, tol=1e-6, max_iter=30, lam=1e-8)
+    res = fp.solve_parallel(p["eps"], p["op"], coefs, tight)
     assert int(res.status) in (anderson.CONVERGED, anderson.MAX_ITER)
     assert maxabs(res.solution[-1:], seq.x0) < 1e-3
-    with pytest.raises(ValueError, match="unknown solver 'broyden'"):
-        fp.solve_parallel(p["eps"], p["op"], coefs, solver="broyden")
+    default = fp.solve_parallel(p["eps"], p["op"], coefs)
+    assert int(default.status) == anderson.CONVERGED and maxabs(default.solution[-1:], seq.x0) < 1e-2
+    with pytest.raises(ValueError, match="method must be one of"):
+        SolverSettings(method="broyden")
+    with pytest.raises(TypeError, match="SolverSettings"):
+        fp.solve_parallel(p["eps"], p["op"], coefs, "anderson")
 
 
 def test_bad_inputs_raise():

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from functools import partial
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,6 +22,7 @@ import optax
 import pytest
 
 from deqir_fixture_utils import load_tiny_unet, make_eps_apply, maxabs, nhwc, operator_from_degradations, parse_tol
+from deqir_jax.solver_settings import OFFICIAL_INVERSION, SolverSettings
 from deqir_jax import init_opt, operators as ops, schedule
 
 PATH_ATOL = 2e-2  # xt_pred vs fixture (20x the sidecar atol; measured 7.5e-3 / 3.6e-3 in float32)
@@ -43,7 +46,7 @@ def inversion(load_fixture):
         z=jnp.zeros((1,) + fx["x_target"].shape[2:] + fx["x_target"].shape[1:2], jnp.float32),
         t=jnp.asarray(t, jnp.int32), at=jnp.asarray(abar[t + 1]), at_next=jnp.asarray(abar[next_t + 1]))
     np.testing.assert_allclose(np.sqrt(problem.at_next / problem.at[0]), fx["alpha_ratio"], rtol=1e-6)
-    cfg = init_opt.InitOptConfig(tau=float(settings["tau"]), pg_steps=int(settings["pg_steps"]),
+    cfg = init_opt.InitOptConfig(gradient="phantom", tau=float(settings["tau"]), pg_steps=int(settings["pg_steps"]),
                                  lambda1=float(settings["lambda1"]))
     return dict(fx=fx, op=op, problem=problem, cfg=cfg, params=params, T=T, nw=float(settings["nw"]),
                 etw=float(settings["etw"]), eps_apply=make_eps_apply(model, fx.meta["eps_model"], abar),
@@ -100,7 +103,7 @@ def test_inversion_epochs_match_fixture(inversion):
               f"{loss_rel:.2e} (sidecar {rtol:.0e}, used {PATH_LOSS_RTOL:.0e}), grad rel-to-max {err_grad:.2e}, "
               f"{int(out.solve.n_evals)} evals, final residual {float(out.solve.residuals[int(out.solve.n_evals) - 1]):.3g}")
         assert err_pred < PATH_ATOL and loss_rel < PATH_LOSS_RTOL and err_grad < 2 * cfg.tau * alpha_last * PATH_ATOL
-        assert int(out.solve.n_evals) <= cfg.max_iter
+        assert int(out.solve.n_evals) <= cfg.solver.max_iter
         x_T = jnp.asarray(ref_after[:1])  # next epoch starts from the official iterate
 
 
@@ -133,7 +136,8 @@ def _synthetic(T: int = 4):
 @pytest.mark.parametrize("gradient", ["phantom", "implicit"])
 def test_optimize_init_reduces_loss_and_keeps_best(gradient):
     op, problem, gt, eps, x_T, traces = _synthetic()
-    cfg = init_opt.InitOptConfig(gradient=gradient, lr=5e-2, n_epochs=6, early_stop=0.0, m=3, max_iter=8)
+    cfg = init_opt.InitOptConfig(gradient=gradient, lr=5e-2, n_epochs=6, early_stop=0.0,
+                                 solver=dataclasses.replace(OFFICIAL_INVERSION, max_iter=8))
     loss_fn = init_opt.make_loss("oracle", target=gt)
     run = jax.jit(lambda x, y: init_opt.optimize_init(eps, op, x, problem._replace(y=y), loss_fn, cfg, nw=0.1))
     res = run(x_T, problem.y)
@@ -167,7 +171,8 @@ def test_implicit_gradient_differs_from_phantom_and_is_exact():
     """The implicit mode includes the model Jacobian: compare with a finite difference of the solved loss."""
     op, problem, gt, eps, x_T, _ = _synthetic(T=3)
     loss_fn = init_opt.make_loss("reference", target=gt)
-    cfg = init_opt.InitOptConfig(gradient="implicit", m=3, lam=1e-8, tol=1e-7, max_iter=20, beta=1.0)
+    cfg = init_opt.InitOptConfig(gradient="implicit", solver=dataclasses.replace(
+        OFFICIAL_INVERSION, lam=1e-8, tol=1e-7, max_iter=20, beta=1.0))
     warm = jnp.repeat(x_T, len(problem.t), axis=0)
     out = init_opt.loss_and_grad(eps, op, x_T, warm, problem, loss_fn, cfg)
     direction = jax.random.normal(jax.random.PRNGKey(5), x_T.shape)
@@ -187,6 +192,8 @@ def test_bad_configuration_raises():
         init_opt.InitOptConfig(gradient="exact")
     with pytest.raises(ValueError, match="n_epochs must be >= 1"):
         init_opt.InitOptConfig(n_epochs=0)
+    with pytest.raises(ValueError, match="phantom gradient solves the"):
+        init_opt.InitOptConfig(gradient="phantom", solver=SolverSettings(method="triangular"))
     with pytest.raises(ValueError, match="needs target"):
         init_opt.make_loss("oracle")
     with pytest.raises(ValueError, match="unknown loss kind"):

@@ -10,6 +10,7 @@ import pathlib
 
 import ml_collections
 
+from deqir_jax import solver_settings
 from deqir_jax.embedded import PRIOR_CHECKPOINT
 from ircore import photos
 from ircore.config_utils import load_config_file
@@ -50,15 +51,10 @@ def get_config(dataset: str = "imagenet") -> ml_collections.ConfigDict:
     cfg.nw = 0.0
     cfg.etw = 0.1
 
-    # Fixed-point solver (official sampling settings: m 5, lambda 1e-3, beta 1, tol 1e-3, 15 evaluations).
-    cfg.solver = ml_collections.ConfigDict()
-    cfg.solver.method = "anderson"  # "anderson" | "picard"
-    cfg.solver.m = 5
-    cfg.solver.lam = 1e-3
-    cfg.solver.beta = 1.0
-    cfg.solver.tol = 1e-3
-    cfg.solver.max_iter = 15
-    cfg.solver.chunk_size = 0  # 0 = every state in one UNet batch; else the largest UNet batch
+    # Fixed-point solver: the fields of deqir_jax.solver_settings.SolverSettings, project default (the official
+    # Anderson solve: --config.solver.method=anderson --config.solver.m=5 --config.solver.max_iter=15
+    # --config.solver.stop=residual --config.solver.row_tol=0, i.e. solver_settings.OFFICIAL_ANDERSON).
+    cfg.solver = solver_settings.to_config(solver_settings.DEFAULT)
 
     # Optional initialisation optimisation of x_T through the implicit gradient.
     cfg.init_opt = ml_collections.ConfigDict()
@@ -68,15 +64,11 @@ def get_config(dataset: str = "imagenet") -> ml_collections.ConfigDict:
     cfg.init_opt.learning_rate = 2e-5  # official Adam lr
     cfg.init_opt.early_stop = 0.1  # stop once the loss is below this (official)
     cfg.init_opt.gradient = "implicit"  # "implicit" (adjoint fixed point) | "phantom" (official one step)
+    # the inner solve of every epoch (default: the official inversion settings, Anderson m 3, tol 1e-2)
+    cfg.init_opt.solver = solver_settings.to_config(solver_settings.OFFICIAL_INVERSION)
 
     if dataset == "embedded":
         cfg.checkpoint = str(PRIOR_CHECKPOINT)
         cfg.image_size = 64
         cfg.input = str(photos.bundled_path(photos.DEFAULT))  # a held-out photo training never saw
-        # With this small prior Anderson (official settings, also m 10, lambda 1e-2 or beta 0.5) stays above
-        # tol 1e-3 for 25+ evaluations at T = 25 (benchmarks/quality.py); Picard iteration of the same joint
-        # map is exact after at most T + 1 evaluations, so the default solve converges to the sequential
-        # chain's answer. --config.solver.method=anderson gives the official solver.
-        cfg.solver.method = "picard"
-        cfg.solver.max_iter = 100
     return cfg
