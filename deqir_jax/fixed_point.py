@@ -308,6 +308,6 @@ def solve_parallel(
     return triangular_solve(
         eval_rows, combine, x0, coefs.prevsum, window=settings.window_rows(T),
         m=settings.m if settings.method == "triangular" else 1, lam=settings.lam, tol=settings.tol,
-        row_tol=settings.row_tol, stop=settings.stop, x0_tol=settings.x0_tol, max_iter=settings.max_iter,
+        row_tol=settings.row_tol, stop=settings.stop, x0_tol=settings.x0_tol, max_iter=settings.rounds(T),
         warm_start=settings.warm_start, state_sharding=sharding, trace=trace,
     )

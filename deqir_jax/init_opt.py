@@ -71,13 +71,14 @@ class InitOptConfig:
             raise ValueError("the phantom gradient solves the (T+1)-row inversion map: use solver.method "
                              "anderson or picard (or gradient=implicit)")
 
-    def generic_solver(self, sharding=None) -> Callable[..., SolverResult]:
-        """The inner solve as a generic ``solve(f, x0)`` (Anderson, or whole-state Picard)."""
+    def generic_solver(self, rows: int, sharding=None) -> Callable[..., SolverResult]:
+        """The inner solve of a ``rows``-row map as a generic ``solve(f, x0)`` (Anderson, or whole-state Picard;
+        ``max_iter`` 0 = rows + 1 evaluations)."""
         s = self.solver
         if s.method == "anderson":
             return partial(anderson_solve, m=s.m, lam=s.lam, beta=s.beta, tol=s.tol, max_iter=s.max_iter,
                            state_sharding=sharding)
-        return partial(picard_solve, tol=s.tol, max_iter=s.max_iter, state_sharding=sharding)
+        return partial(picard_solve, tol=s.tol, max_iter=s.rounds(rows), state_sharding=sharding)
 
     def optimizer(self) -> optax.GradientTransformation:
         return optax.adam(self.lr, b1=self.b1, b2=self.b2, eps=self.eps)
@@ -137,7 +138,7 @@ def _phantom_loss(x_T, warm_states, eps_fn, op, problem, loss_fn, cfg, nw, etw, 
     chunk = cfg.solver.chunk_size or None
     f = lambda X, c: fp.deq_inversion_map(eps_fn, op, c, X, chunk_size=chunk, sharding=sharding)
     x0_guess = jnp.concatenate([x_T, warm_states], axis=0)
-    states, result = phantom_solve(f, coefs, x0_guess, cfg.generic_solver(sharding), tau=cfg.tau,
+    states, result = phantom_solve(f, coefs, x0_guess, cfg.generic_solver(x0_guess.shape[0], sharding), tau=cfg.tau,
                                    steps=cfg.pg_steps)
     loss = cfg.lambda1 * loss_fn(states[-1:])
     return loss, (states, result)
@@ -150,7 +151,7 @@ def _implicit_loss(x_T, warm_states, eps_fn, op, problem, loss_fn, cfg, nw, etw,
     f = lambda X, c: fp.deq_map(eps_fn, op, c, X, chunk_size=chunk, sharding=sharding)
     warm = jax.lax.stop_gradient(warm_states)
     if cfg.solver.method == "anderson":
-        result = implicit_solve(f, coefs, warm, cfg.generic_solver(sharding))
+        result = implicit_solve(f, coefs, warm, cfg.generic_solver(warm.shape[0], sharding))
     else:
         forward = lambda x0, c: fp.solve_parallel(eps_fn, op, c, cfg.solver, x_init=x0, sharding=sharding)
         adjoint = partial(picard_solve, tol=0.0, max_iter=int(problem.t.shape[0]), state_sharding=sharding)

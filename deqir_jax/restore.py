@@ -102,7 +102,7 @@ def restore(
             eps_fn, op, x_T, y, z, t, at, at_next, nw=settings.nw, etw=settings.etw
         )
         states = seq.states[:, 0]
-        no_history = jnp.full((settings.solver.max_iter,), jnp.nan, states.dtype)
+        no_history = jnp.full((settings.solver.rounds(T),), jnp.nan, states.dtype)
         return RestoreOutput(
             x0=seq.x0, states=states, n_evals=jnp.int32(T), residuals=no_history, abs_residuals=no_history,
             status=jnp.int32(anderson.CONVERGED), image_evals=jnp.int32(T),

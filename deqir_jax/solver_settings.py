@@ -12,7 +12,8 @@ Config files (``cfg.solver``, ``cfg.init_opt.solver``) hold exactly these fields
 ``picard`` and ``triangular`` also take ``window`` (live rows per round, 0 = all T), ``row_tol`` (freeze
 leading rows whose change is below it, in units of that step's signal level sqrt(abar)), ``warm_start``
 (rounds of a coarse sequential chain first), ``stop`` (``"residual"``: joint relative residual below
-``tol``; ``"x0"``: x0 moved less than ``x0_tol`` RMS in a round) and ``max_iter`` (parallel rounds).
+``tol``; ``"x0"``: x0 moved less than ``x0_tol`` RMS in a round) and ``max_iter`` (parallel rounds; 0 = T + 1,
+after which the chain solves are exact: the first live row is exact every round).
 ``chunk_size`` bounds the rows of one network call (0 = the whole window in one call).
 """
 from __future__ import annotations
@@ -37,9 +38,9 @@ class SolverSettings:
     lam: float = 1e-3
     beta: float = 1.0
     tol: float = 1e-3
-    max_iter: int = 100
-    window: int = 0
-    row_tol: float = 1e-3
+    max_iter: int = 0
+    window: int = 8
+    row_tol: float = 1e-2
     warm_start: int = 0
     stop: str = "x0"
     x0_tol: float = 2e-3
@@ -51,8 +52,10 @@ class SolverSettings:
             problems.append(f"method must be one of {METHODS}, got {self.method!r}")
         if self.stop not in STOPS:
             problems.append(f"stop must be one of {STOPS}, got {self.stop!r}")
-        if not isinstance(self.max_iter, int) or self.max_iter < (2 if self.method == "anderson" else 1):
-            problems.append(f"max_iter must be an int >= {2 if self.method == 'anderson' else 1}, got {self.max_iter!r}")
+        low = 2 if self.method == "anderson" else 0
+        if not isinstance(self.max_iter, int) or self.max_iter < low:
+            problems.append(f"max_iter must be an int >= {low}{'' if low else ' (0 = T + 1 rounds)'}, "
+                            f"got {self.max_iter!r}")
         if self.m < (2 if self.method == "anderson" else 1):
             problems.append(f"m (history) must be >= {2 if self.method == 'anderson' else 1}, got {self.m}")
         for name in ("lam", "tol", "row_tol", "x0_tol"):
@@ -75,6 +78,10 @@ class SolverSettings:
     def window_rows(self, T: int) -> int:
         """Live rows per round for a chain of T rows (``window`` 0 or >= T: all)."""
         return T if self.window == 0 or self.window >= T else self.window
+
+    def rounds(self, T: int) -> int:
+        """The round budget for a chain of T rows (``max_iter`` 0: T + 1, enough for the exact answer)."""
+        return self.max_iter or T + 1
 
 
 # The official DeqIR sampling solve (functions/ddim_anderson.py; README --timesteps 25).

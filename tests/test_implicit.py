@@ -7,6 +7,7 @@ images with T = 4.
 """
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 
 import jax
@@ -17,6 +18,7 @@ import pytest
 from deqir_fixture_utils import load_tiny_unet
 from deqir_jax import anderson, fixed_point as fp, operators as ops, schedule, sequential
 from deqir_jax.implicit import implicit_solve, phantom_solve
+from deqir_jax.solver_settings import DEFAULT, SolverSettings
 from deqir_jax.models import adm
 
 SIZE, T = 8, 4
@@ -84,7 +86,12 @@ def _implicit_loss(x_T, params, s, forward, backward):
         c, p = theta
         return fp.deq_map(_eps(s["model"], p), s["op"], c, X)
 
-    res = implicit_solve(f, (coefs, params), fp.initial_states(x_T, T), forward, backward)
+    x0 = fp.initial_states(x_T, T)
+    if isinstance(forward, SolverSettings):  # a chain solve of deqir_jax.triangular: structured forward
+        chain = lambda X0, theta: fp.solve_parallel(_eps(s["model"], theta[1]), s["op"], theta[0], forward, x_init=X0)
+        res = implicit_solve(f, (coefs, params), x0, solve_adjoint=backward, forward=chain)
+    else:
+        res = implicit_solve(f, (coefs, params), x0, forward, backward)
     return jnp.sum(s["w"] * res.solution[-1:]), res
 
 
@@ -92,7 +99,10 @@ def _check_against_unrolled(s):
     grad_ref = jax.jit(jax.grad(lambda x, p: _unrolled_loss(x, p, s), argnums=(0, 1)))(s["x_T"], s["params"])
     picard = partial(anderson.picard_solve, max_iter=T)
     tight = partial(anderson.anderson_solve, m=5, lam=1e-8, tol=1e-6, max_iter=3 * T)
-    for name, fwd, bwd in [("picard/picard", picard, picard), ("anderson/anderson", tight, tight)]:
+    # the default chain solver (triangular Anderson, here on a 2-row window), run to the exact fixed point
+    chain = dataclasses.replace(DEFAULT, window=2, row_tol=0.0, stop="residual", tol=0.0, max_iter=T)
+    for name, fwd, bwd in [("picard/picard", picard, picard), ("anderson/anderson", tight, tight),
+                           ("default/picard", chain, picard)]:
         fn = jax.jit(jax.value_and_grad(lambda x, p: _implicit_loss(x, p, s, fwd, bwd), argnums=(0, 1),
                                         has_aux=True))
         (loss, res), (g_x, g_p) = fn(s["x_T"], s["params"])
