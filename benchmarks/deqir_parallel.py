@@ -6,11 +6,13 @@
 Prints a table (T, sampler, map evaluations, NFE, wall time, max |x0 - x0_seq|, PSNR vs the clean photo)
 and writes it as JSON. Weights: a converted checkpoint (--checkpoint) or random ones (timing only; the
 agreement columns are still meaningful since both samplers use the same prior). The parallel rows use
-Anderson with the official settings and a tight variant; every run is compiled before it is timed.
+Anderson with the official settings, a tight variant and the default solver; every run is compiled before
+it is timed. (Rounds, compute and agreement of every solver on the embedded prior: deqir_solvers.py.)
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import sys
@@ -24,7 +26,8 @@ from PIL import Image
 
 from deqir_jax import models
 from deqir_jax import operators as ops
-from deqir_jax.restore import RestoreSettings, make_restore_fn, nfe
+from deqir_jax.restore import RestoreSettings, make_restore_fn
+from deqir_jax.solver_settings import DEFAULT, OFFICIAL_ANDERSON
 from ircore import checkpoints, mesh, metrics
 from ircore.config_utils import load_config_file
 
@@ -120,11 +123,13 @@ def main(argv=None) -> int:
     print(header)
     print("-" * len(header))
     for T in [int(s) for s in args.steps.split(",")]:
+        official = dataclasses.replace(OFFICIAL_ANDERSON, max_iter=args.max_iter, chunk_size=chunk)
         variants = [
-            ("sequential", RestoreSettings(timesteps=T, sampler="sequential", chunk_size=chunk)),
-            ("parallel anderson", RestoreSettings(timesteps=T, max_iter=args.max_iter, chunk_size=chunk)),
-            ("parallel anderson tight", RestoreSettings(timesteps=T, max_iter=max(args.max_iter, T + 5),
-                                                        tol=1e-5, chunk_size=chunk)),
+            ("sequential", RestoreSettings(timesteps=T, sampler="sequential")),
+            ("parallel anderson", RestoreSettings(timesteps=T, solver=official)),
+            ("parallel anderson tight", RestoreSettings(timesteps=T, solver=dataclasses.replace(
+                official, max_iter=max(args.max_iter, T + 5), tol=1e-5))),
+            ("parallel default", RestoreSettings(timesteps=T, solver=dataclasses.replace(DEFAULT, chunk_size=chunk))),
         ]
         x0_seq = None
         for name, settings in variants:
@@ -136,7 +141,7 @@ def main(argv=None) -> int:
             psnr = float(metrics.psnr(np.clip((x0 + 1) / 2, 0, 1), (clean + 1) / 2)[0])
             from deqir_jax.anderson import STATUS_NAMES
 
-            row = dict(T=T, sampler=name, map_evaluations=int(out.n_evals), nfe=nfe(settings, int(out.n_evals)),
+            row = dict(T=T, sampler=name, map_evaluations=int(out.n_evals), nfe=int(out.image_evals),
                        wall_s=wall, max_abs_diff_vs_sequential=float(np.abs(x0 - x0_seq).max()), psnr=psnr,
                        status=STATUS_NAMES[int(out.status)])
             rows.append(row)

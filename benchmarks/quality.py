@@ -10,11 +10,10 @@ Table 1, 64x64 (each photo centre-cropped and resized to the DeqIR image size, a
   ``bicubic`` (PyTorch bicubic up-sampling of y), ``resshift`` (the embedded ResShift-small, 4 steps),
   ``ddnm_sequential`` (DDIM + DDNM, one step after another) and the parallel DeqIR solves of the joint fixed
   point: ``deqir_anderson`` (the official Anderson settings: m 5, lambda 1e-3, beta 1, tol 1e-3, at most 15
-  map evaluations, ``--max-iter``) and ``deqir_picard`` (plain fixed-point iteration, the embedded preset's
-  solver, at most T + 1 evaluations), all with the
-  embedded prior and the same x_T / z.
+  map evaluations, ``--max-iter``) and ``deqir_default`` (the sampler's default solver,
+  ``deqir_jax.solver_settings.DEFAULT``), all with the embedded prior and the same x_T / z.
 * ``deblur_gauss`` and ``inpainting`` (DeqIR presets): ``input`` (the blurred image / the masked image A^+ y),
-  ``ddnm_sequential``, ``deqir_anderson`` and ``deqir_picard``.
+  ``ddnm_sequential``, ``deqir_anderson`` and ``deqir_default``.
 
 Table 2, full size: ResShift-small against bicubic on the whole held-out photos (MATLAB bicubic x1/4).
 
@@ -37,7 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from deqir_jax import anderson, models
-from deqir_jax.restore import make_restore_fn, nfe
+from deqir_jax.restore import make_restore_fn
+from deqir_jax.solver_settings import OFFICIAL_ANDERSON
 from deqir_jax.sample import build_operator, measurement_image, prepare_image, settings_from_config
 from ircore import checkpoints, images, photos
 from ircore.config_utils import load_config_file
@@ -111,11 +111,10 @@ def main() -> None:
         size = int(cfg.image_size)
         op = build_operator(cfg, (size, size))
         preset = settings_from_config(cfg)
+        official = dataclasses.replace(OFFICIAL_ANDERSON, max_iter=args.max_iter or OFFICIAL_ANDERSON.max_iter)
         settings = {"ddnm_sequential": dataclasses.replace(preset, sampler="sequential"),
-                    "deqir_anderson": dataclasses.replace(preset, sampler="parallel", solver="anderson", m=5, lam=1e-3,
-                                                          beta=1.0, tol=1e-3, max_iter=args.max_iter or 15),
-                    "deqir_picard": dataclasses.replace(preset, sampler="parallel", solver="picard",
-                                                        max_iter=preset.timesteps + 1)}
+                    "deqir_anderson": dataclasses.replace(preset, sampler="parallel", solver=official),
+                    "deqir_default": dataclasses.replace(preset, sampler="parallel")}
         fns = {label: make_restore_fn(model, s) for label, s in settings.items()}
         for index, name in enumerate(names):
             x = prepare_image(images.read_image(photos.path(name)), size, cfg.resize)
@@ -138,7 +137,7 @@ def main() -> None:
             for label, fn in fns.items():
                 res, compile_s, run_s = timed(fn, deqir_params, op, y, x_T, z)
                 n_evals = int(res.n_evals)
-                row = {**base, "method": label, **rsample.image_scores(res.x0, x), "nfe": nfe(settings[label], n_evals),
+                row = {**base, "method": label, **rsample.image_scores(res.x0, x), "nfe": int(res.image_evals),
                        "map_evaluations": n_evals, "status": anderson.STATUS_NAMES[int(res.status)],
                        "run_s": run_s, "compile_s": compile_s}
                 if seq is None:
@@ -210,7 +209,7 @@ def _checks(rows: list[dict], full_rows: list[dict]) -> dict:
                 beats.append(ok)
                 lines.append(f"{photo} {task}: ResShift {m['resshift']['psnr']:.2f} dB vs bicubic "
                              f"{m['bicubic']['psnr']:.2f} dB -> {'beats' if ok else 'DOES NOT beat'} bicubic")
-            for method in ("deqir_anderson", "deqir_picard"):
+            for method in ("deqir_anderson", "deqir_default"):
                 par = m.get(method)
                 if par is None:
                     continue

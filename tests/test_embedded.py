@@ -128,6 +128,7 @@ def test_deqir_sample_with_no_arguments(tmp_path):
         assert (folder / name).is_file(), name
     record = json.loads((folder / "metrics.json").read_text())
     assert record["task"] == "sr_bicubic" and record["sampler"] == "parallel" and record["image_size"] == 64
+    assert record["solver"] == "triangular" and record["status"] == "converged"  # the default solve, no special case
     assert record["image"] == str(photos.bundled_path(photos.DEFAULT))
     assert images.read_image(folder / "restored.png").shape == (1, 64, 64, 3)
     assert images.read_image(folder / "measurement.png").shape == (1, 16, 16, 3)
