@@ -190,14 +190,15 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
     model = unet_swin.model_from_config(cfg.model)
     sf = int(cfg.diffusion.sf)
     if vq.is_pixel_space(cfg.get("autoencoder")):
-        f, channels, reduce = 1, 3, 1
+        f, channels, reduce, state = 1, 3, 1, "the RGB image (pixel space)"
     else:
         ae = vq.model_from_config(cfg.autoencoder)
         f, channels, reduce = ae.downsampling_factor, ae.embed_dim, ae.downsampling_factor / sf
+        state = "the autoencoder latent (embed_dim)"
     for field in ("in_channels", "out_channels"):
         if getattr(model, field) != channels:
-            raise ValueError(f"model.{field} is {getattr(model, field)} but the diffusion state has {channels} "
-                             f"channels (autoencoder embed_dim); set model.{field} = {channels}")
+            raise ValueError(f"model.{field} is {getattr(model, field)} but the diffusion state, {state}, has "
+                             f"{channels} channels; set model.{field} = {channels}")
     if model.cond_lq and model.lq_size != model.image_size * reduce:
         raise ValueError(
             f"model.lq_size / model.image_size is {model.lq_size / model.image_size:g} but the LQ image reaches "
