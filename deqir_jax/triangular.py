@@ -11,8 +11,9 @@ The solver keeps ``E`` as a cache and each round
 2. forms ``F = combine(E)`` and the residual ``R = F - X`` of every row;
 3. updates the states: Picard ``X <- F``, or **triangular Anderson** (``m >= 2``, after ParaTAA, Tang et al.
    2024): with the last m iterates in row-scaled units (``X / s_k``, ``R / s_k``), row k mixes with weights
-   ``gamma_k = argmin || R_{<=k} - dR_{<=k} gamma ||^2 + lam ||gamma||^2`` fitted on rows 0..k only (what
-   determines row k), then ``X_k <- X_k + s_k (R_k - (dX_k + dR_k) gamma_k)``;
+   ``gamma_k = argmin || R_{<=k} - dR_{<=k} gamma ||^2 + lam' ||gamma||^2`` fitted on rows 0..k only (what
+   determines row k; ``lam' = lam`` times the mean diagonal of that Gram matrix), then
+   ``X_k <- X_k + s_k (R_k - (dX_k + dR_k) gamma_k)``;
 4. freezes the leading rows whose change is below ``row_tol`` in row-scaled units (``s_k`` = that step's
    signal level sqrt(abar) for DeqIR: an error e in row k reaches x0 amplified by about 1/s_k). The first live
    row always freezes: its input was already frozen, so its new state is exact. The window then starts at
