@@ -39,11 +39,11 @@ class SolverSettings:
     beta: float = 1.0
     tol: float = 1e-3
     max_iter: int = 0
-    window: int = 8
+    window: int = 0
     row_tol: float = 1e-2
     warm_start: int = 0
     stop: str = "x0"
-    x0_tol: float = 2e-3
+    x0_tol: float = 1e-2
     chunk_size: int = 0
 
     def __post_init__(self):

@@ -21,7 +21,7 @@ The solver keeps ``E`` as a cache and each round
 
 Stopping: every row frozen, or (``stop="residual"``) the joint relative residual ``||R|| / ||F||`` below
 ``tol``, or (``stop="x0"``) the last row (x0, what the user gets) moved less than ``x0_tol`` (RMS) in a round
-whose window covered it. A ``warm_start`` of S rounds first runs a coarse sequential chain on the same grid
+whose window held every row that is not frozen (so no row's direction was extrapolated). A ``warm_start`` of S rounds first runs a coarse sequential chain on the same grid
 (one network call per block of about T/S rows, the direction held over the block: the S-step DDIM chain on
 the coarse grid), and those calls count in ``n_evals`` and ``image_evals``.
 """
@@ -188,7 +188,8 @@ def triangular_solve(
         if stop == "residual":
             done = done | (rel_res < tol)
         else:
-            done = done | ((dx0 <= x0_tol) & (start + window >= T) & (k >= 1))
+            # only in a round where every row past the frozen prefix was evaluated afresh (no extrapolated rows)
+            done = done | ((dx0 <= x0_tol) & (s + window >= T) & (k >= 1))
         status = jnp.select([not_finite, blown_up, done],
                             [jnp.int32(NOT_FINITE), jnp.int32(DIVERGED), jnp.int32(CONVERGED)], jnp.int32(RUNNING))
         i = warm_start + k
