@@ -43,7 +43,7 @@ class SolverSettings:
     row_tol: float = 1e-2
     warm_start: int = 0
     stop: str = "x0"
-    x0_tol: float = 1e-2
+    x0_tol: float = 2e-3
     chunk_size: int = 0
 
     def __post_init__(self):

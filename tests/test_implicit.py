@@ -45,22 +45,24 @@ def _mini_adm():
     return model, params
 
 
-def _setup(model, params):
+def _setup(model, params, size: int = SIZE):
     abar = schedule.abar_padded(schedule.linear_betas())
     t, next_t = schedule.timestep_sequence(T)
-    op = ops.make_operator("sr_averagepooling", SIZE, factor=2)
+    op = ops.make_operator("sr_averagepooling", size, factor=2)
     k = jax.random.split(jax.random.PRNGKey(0), 4)
-    x_T = jax.random.normal(k[0], (1, SIZE, SIZE, 3))
-    z = jax.random.normal(k[1], (1, SIZE, SIZE, 3))
-    y = op.A(jnp.tanh(jax.random.normal(k[2], (1, SIZE, SIZE, 3))))
-    w = jax.random.normal(k[3], (1, SIZE, SIZE, 3))
+    x_T = jax.random.normal(k[0], (1, size, size, 3))
+    z = jax.random.normal(k[1], (1, size, size, 3))
+    y = op.A(jnp.tanh(jax.random.normal(k[2], (1, size, size, 3))))
+    w = jax.random.normal(k[3], (1, size, size, 3))
     sched = dict(t=jnp.asarray(t, jnp.int32), at=jnp.asarray(abar[t + 1]), at_next=jnp.asarray(abar[next_t + 1]))
     return dict(model=model, params=params, op=op, x_T=x_T, z=z, y=y, w=w, nw=0.2, etw=0.3, **sched)
 
 
 @pytest.fixture(scope="module")
 def setup(load_fixture):
-    return _setup(*load_tiny_unet(load_fixture))
+    """The fixture's tiny UNet at the image size it was built for (any depth of network)."""
+    size = int(load_fixture("deqir/tiny_unet").meta["constructor_kwargs"]["image_size"])
+    return _setup(*load_tiny_unet(load_fixture), size=size)
 
 
 @pytest.fixture(scope="module")
