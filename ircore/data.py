@@ -35,7 +35,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from ircore.images import IMAGE_EXTENSIONS
+from ircore import images
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -81,30 +81,6 @@ def _to_rgb_uint8(image: Any) -> np.ndarray:
     if arr.shape[-1] != 3:
         raise ValueError(f"expected 1, 3 or 4 channels, got {arr.shape[-1]}")
     return arr
-
-
-def list_image_files(location: str | os.PathLike) -> list[str]:
-    """Image files below a folder (recursive, sorted) or listed in a ``.txt`` file (relative to it)."""
-    path = pathlib.Path(location).expanduser()
-    if not str(location):
-        raise ValueError("data folder is not set (config data.folder)")
-    if not path.exists():
-        raise FileNotFoundError(f"image folder or list {path} does not exist")
-    if path.is_file():
-        if path.suffix.lower() != ".txt":
-            raise ValueError(f"{path} is neither a folder nor a .txt list of image paths")
-        files = []
-        for line in path.read_text().splitlines():
-            line = line.strip()
-            if line and not line.startswith("#"):
-                p = pathlib.Path(line).expanduser()
-                files.append(str(p if p.is_absolute() else path.parent / p))
-    else:
-        files = sorted(str(p) for p in path.rglob("*")
-                       if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
-    if not files:
-        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {path}")
-    return files
 
 
 class ImageFileSource:
@@ -166,7 +142,7 @@ def open_source(cfg: Any) -> Any:
     """The random-access source described by a ``data`` (or ``data.eval``) config section."""
     kind = cfg.source
     if kind == "folder":
-        return ImageFileSource(list_image_files(cfg.folder))
+        return ImageFileSource([str(p) for p in images.list_images(cfg.folder, recursive=True)])
     if kind == "tfds":
         import tensorflow_datasets as tfds  # noqa: PLC0415 (heavy import, only when used)
 

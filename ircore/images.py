@@ -173,24 +173,37 @@ def read_image(
     return from_unit(colour[None]).astype(np.float32)
 
 
-def list_images(folder: str | os.PathLike, extensions: Iterable[str] = IMAGE_EXTENSIONS) -> list[pathlib.Path]:
-    """Image files directly inside ``folder`` (not recursive, extension case-insensitive), sorted by name.
+def list_images(
+    location: str | os.PathLike, extensions: Iterable[str] = IMAGE_EXTENSIONS, *, recursive: bool = False
+) -> list[pathlib.Path]:
+    """Image files of a folder, sorted by path, or the files a ``.txt`` list names (one a line, ``#`` comments,
+    relative to the list's folder), in the list's order.
 
-    Raises ``FileNotFoundError`` for a missing folder, ``ValueError`` for a non-folder or a folder without
-    images.
+    Folders: directly inside (``recursive=False``) or anywhere below it; extension case-insensitive; hidden
+    files skipped. Raises ``FileNotFoundError`` for a missing location, ``ValueError`` for an unset location, a
+    file that is not a ``.txt`` list, or no images.
     """
-    folder = pathlib.Path(folder)
-    if not folder.exists():
-        raise FileNotFoundError(f"image folder {folder} does not exist")
-    if not folder.is_dir():
-        raise ValueError(f"image folder {folder} is not a directory")
+    if not str(location):
+        raise ValueError("no image folder given (an empty path)")
+    path = pathlib.Path(location).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"image folder or list {path} does not exist")
     exts = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
-    files = sorted(
-        (p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in exts),
-        key=lambda p: p.name,
-    )
+    if path.is_file():
+        if path.suffix.lower() != ".txt":
+            raise ValueError(f"{path} is neither a folder nor a .txt list of image paths")
+        files = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                entry = pathlib.Path(line).expanduser()
+                files.append(entry if entry.is_absolute() else path.parent / entry)
+    else:
+        found = path.rglob("*") if recursive else path.iterdir()
+        files = sorted((p for p in found if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in exts),
+                       key=lambda p: p.relative_to(path).parts)
     if not files:
-        raise ValueError(f"no images ({', '.join(exts)}) in folder {folder}")
+        raise ValueError(f"no images ({', '.join(exts)}) in {path}")
     return files
 
 

@@ -299,3 +299,14 @@ class AttentionBlock(nn.Module):
 def count_params(params: Any) -> int:
     """Total number of scalars in a parameter tree (arrays or ``ShapeDtypeStruct``)."""
     return int(sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(params)))
+
+
+# compute dtypes by the names configs use
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def dtype_by_name(name: str) -> Any:
+    """The jnp dtype a config names (``"float32"``, ``"bfloat16"``, ``"float16"``); one-line error otherwise."""
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(DTYPES)}")
+    return DTYPES[name]

@@ -25,19 +25,26 @@ StateDict = dict[str, np.ndarray]
 KeyToPath = Callable[[str], "tuple[str, ...] | None"]
 
 
+# wrapper prefixes on parameter names: DataParallel / DDP and torch.compile
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
 class ConversionError(ValueError):
     """A checkpoint does not fit the model: names every offending key."""
 
 
-def _strip_prefixes(state: Mapping[str, Any], prefixes: Iterable[str]) -> dict[str, Any]:
-    out = {}
-    for key, value in state.items():
-        for prefix in prefixes:
-            if key.startswith(prefix):
-                key = key[len(prefix):]
-                break
-        out[key] = value
-    return out
+def strip_prefix(key: str, prefixes: Iterable[str] = WRAPPER_PREFIXES) -> str:
+    """``key`` without the first of ``prefixes`` it starts with (wrappers such as DDP's ``module.``)."""
+    for prefix in prefixes:
+        if key.startswith(prefix):
+            return key[len(prefix):]
+    return key
+
+
+def strip_prefixes(state: Mapping[str, Any], prefixes: Iterable[str] = WRAPPER_PREFIXES) -> dict[str, Any]:
+    """``state`` with :func:`strip_prefix` applied to every key."""
+    prefixes = tuple(prefixes)
+    return {strip_prefix(key, prefixes): value for key, value in state.items()}
 
 
 def _unwrap_container(obj: Any) -> Mapping[str, Any]:
@@ -52,7 +59,7 @@ def _unwrap_container(obj: Any) -> Mapping[str, Any]:
     return obj
 
 
-def load_torch_state_dict(path: str | os.PathLike, *, strip_prefixes: Iterable[str] = ("module.",)) -> StateDict:
+def load_torch_state_dict(path: str | os.PathLike, *, prefixes: Iterable[str] = WRAPPER_PREFIXES) -> StateDict:
     """Reads a checkpoint file into ``{name: float32/int np.ndarray}``.
 
     ``.npz`` files are read with numpy (no torch needed); anything else is read with ``torch.load`` on the
@@ -82,7 +89,7 @@ def load_torch_state_dict(path: str | os.PathLike, *, strip_prefixes: Iterable[s
                 if value.is_floating_point():
                     value = value.float()
                 raw[key] = value.numpy()
-    return _strip_prefixes(raw, strip_prefixes)
+    return strip_prefixes(raw, prefixes)
 
 
 # ----------------------------------------------------------------------------------------------- layouts

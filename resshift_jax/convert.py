@@ -86,7 +86,7 @@ def convert_checkpoint(
     (numpy float32). Raises ``ConversionError`` for any key / shape problem, ``FileExistsError`` if ``out``
     exists and ``overwrite`` is False.
     """
-    state = torch_convert.load_torch_state_dict(src, strip_prefixes=_PREFIXES)
+    state = torch_convert.load_torch_state_dict(src, prefixes=_PREFIXES)
     if part == "auto":
         part = detect_part(state)
     elif part not in PARTS:

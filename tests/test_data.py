@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
-from ircore import data
+from ircore import data, images
 
 
 def _photos():
@@ -43,17 +43,11 @@ def _take(it, n):
     return [next(it)["hq"] for _ in range(n)]
 
 
-def test_folder_listing_and_txt_list(photo_folder, tmp_path):
-    files = data.list_image_files(photo_folder)
+def test_folder_source_lists_images_recursively(photo_folder):
+    source = data.open_source(_cfg(photo_folder))
+    files = [str(p) for p in images.list_images(photo_folder, recursive=True)]
     assert len(files) == 5 and all(f.endswith(".png") for f in files)
-    listing = tmp_path / "list.txt"
-    listing.write_text("# comment\n" + "\n".join(files[:3]) + "\n")
-    assert data.list_image_files(listing) == files[:3]
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        data.list_image_files(tmp_path / "nope")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no images"):
-        data.list_image_files(tmp_path / "empty")
+    assert list(source.files) == files
 
 
 def test_batches_are_deterministic_and_resumable(photo_folder):

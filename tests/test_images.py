@@ -247,7 +247,19 @@ def test_list_images(tmp_path, photos):
     assert [p.name for p in images.list_images(tmp_path, extensions=("png",))] == ["b.png"]
     with pytest.raises(ValueError) as err:
         images.list_images(tmp_path / "b.png")
-    _assert_one_line(err, "not a directory")
+    _assert_one_line(err, "neither a folder nor a .txt list")
+    (tmp_path / "deeper").mkdir()
+    Image.fromarray(photos["camera"]).save(tmp_path / "deeper" / "0.png")
+    assert [p.name for p in images.list_images(tmp_path)][0] == "10.webp"  # not recursive by default
+    below = images.list_images(tmp_path, recursive=True)
+    assert [str(p.relative_to(tmp_path)) for p in below] == ["10.webp", "2.bmp", "a.JPG", "b.png", "c.tiff",
+                                                             "deeper/0.png"]
+    listing = tmp_path / "deeper" / "list.txt"
+    listing.write_text("# comment\n0.png\n" + str(tmp_path / "b.png") + "\n")
+    assert images.list_images(listing) == [tmp_path / "deeper" / "0.png", tmp_path / "b.png"]
+    with pytest.raises(ValueError) as err:
+        images.list_images("")
+    _assert_one_line(err, "no image folder given")
 
 
 # ----------------------------------------------------------------------------------------------- writing
