@@ -9,12 +9,9 @@ fixtures through it.
 from __future__ import annotations
 
 import os
-from typing import Any
-
 import ml_collections
-import numpy as np
 
-from ircore import checkpoints, torch_convert
+from ircore import checkpoints, convert_cli, torch_convert
 from deqir_jax import models
 
 
@@ -42,30 +39,9 @@ def convert_checkpoint(
     return params
 
 
-def count_params(params: Any) -> int:
-    """Number of scalars in a parameter tree."""
-    import jax
-
-    return int(sum(np.prod(np.shape(leaf)) for leaf in jax.tree_util.tree_leaves(params)))
-
-
 def main(argv: list[str] | None = None) -> None:
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    flags.DEFINE_string("src", None, "released checkpoint (.pt/.pth/.ckpt/.npz)", required=True)
-    flags.DEFINE_string("out", None, "output directory for the orbax checkpoint", required=True)
-    flags.DEFINE_bool("overwrite", False, "replace an existing checkpoint at --out")
-    config_flags.DEFINE_config_file("config", None, "model config file (configs/deqir/models/*.py)")
-
-    def run(_):
-        cfg = flags.FLAGS.config
-        if cfg is None:
-            raise app.UsageError("--config is required")
-        params = convert_checkpoint(flags.FLAGS.src, cfg, flags.FLAGS.out, overwrite=flags.FLAGS.overwrite)
-        print(f"wrote {count_params(params):,} parameters to {flags.FLAGS.out}")
-
-    app.run(run, argv=argv)
+    convert_cli.convert_main("deqir_jax.convert", convert_checkpoint,
+                             config_help="model config file (configs/deqir/models/*.py)", argv=argv)
 
 
 if __name__ == "__main__":

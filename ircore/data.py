@@ -27,8 +27,6 @@ those crops are instead taken at native pixels (side ``crop_size``), the scale o
 """
 from __future__ import annotations
 
-import os
-import pathlib
 from typing import Any, Callable, Iterator, Sequence
 
 import ml_collections

@@ -34,10 +34,14 @@ class ConversionError(ValueError):
 
 
 def strip_prefix(key: str, prefixes: Iterable[str] = WRAPPER_PREFIXES) -> str:
-    """``key`` without the first of ``prefixes`` it starts with (wrappers such as DDP's ``module.``)."""
-    for prefix in prefixes:
-        if key.startswith(prefix):
-            return key[len(prefix):]
+    """``key`` without the wrapper prefixes it starts with (DDP's ``module.``, ``_orig_mod.``; nested ones too)."""
+    prefixes = tuple(prefixes)
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in prefixes:
+            if key.startswith(prefix):
+                key, stripped = key[len(prefix):], True
     return key
 
 

@@ -20,30 +20,18 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
-import jax
 import ml_collections
 import numpy as np
 
-from ircore import checkpoints, torch_convert
+from ircore import checkpoints, convert_cli, torch_convert
 from resshift_jax.models import unet_swin, vq
 
 PARTS = ("unet", "autoencoder")
-_PREFIXES = ("module.", "_orig_mod.")
-
-
-def _strip(key: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for prefix in _PREFIXES:
-            if key.startswith(prefix):
-                key, changed = key[len(prefix):], True
-    return key
 
 
 def detect_part(state: Mapping[str, Any]) -> str:
     """``"unet"`` or ``"autoencoder"`` from the state-dict names (UNet: ``input_blocks.*``; VQ: ``encoder.*``)."""
-    names = {_strip(k).split(".", 1)[0] for k in state}
+    names = {torch_convert.strip_prefix(k).split(".", 1)[0] for k in state}
     is_unet = "input_blocks" in names and "out" in names
     is_vq = "encoder" in names and "decoder" in names
     if is_unet == is_vq:
@@ -86,7 +74,7 @@ def convert_checkpoint(
     (numpy float32). Raises ``ConversionError`` for any key / shape problem, ``FileExistsError`` if ``out``
     exists and ``overwrite`` is False.
     """
-    state = torch_convert.load_torch_state_dict(src, prefixes=_PREFIXES)
+    state = torch_convert.load_torch_state_dict(src)
     if part == "auto":
         part = detect_part(state)
     elif part not in PARTS:
@@ -103,36 +91,14 @@ def convert_checkpoint(
     return params
 
 
-def count_params(params: Any) -> int:
-    """Number of scalars in a parameter tree."""
-    return int(sum(np.prod(np.shape(leaf)) for leaf in jax.tree_util.tree_leaves(params)))
+def _part_flag(flags: Any) -> Any:
+    flags.DEFINE_enum("part", "auto", ("auto",) + PARTS, "which network the checkpoint holds")
+    return lambda FLAGS: {"part": FLAGS.part}
 
 
 def main(argv: list[str] | None = None) -> None:
-    import sys
-
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    flags.DEFINE_string("src", None, "released checkpoint (.pth/.pt/.ckpt/.npz)", required=True)
-    flags.DEFINE_string("out", None, "output directory for the orbax checkpoint", required=True)
-    flags.DEFINE_enum("part", "auto", ("auto",) + PARTS, "which network the checkpoint holds")
-    flags.DEFINE_bool("overwrite", False, "replace an existing checkpoint at --out")
-    config_flags.DEFINE_config_file("config", None, "ResShift config file (configs/resshift/*.py)")
-
-    def run(_):
-        cfg = flags.FLAGS.config
-        if cfg is None:
-            raise app.UsageError("--config is required")
-        try:
-            params = convert_checkpoint(flags.FLAGS.src, cfg, flags.FLAGS.out, part=flags.FLAGS.part,
-                                        overwrite=flags.FLAGS.overwrite)
-        except (FileNotFoundError, FileExistsError, ValueError) as err:  # ConversionError is a ValueError
-            print(f"resshift_jax.convert: error: {' '.join(str(err).split())}", file=sys.stderr)
-            sys.exit(1)
-        print(f"wrote {count_params(params):,} parameters to {flags.FLAGS.out}")
-
-    app.run(run, argv=argv)
+    convert_cli.convert_main("resshift_jax.convert", convert_checkpoint, extra_flags=_part_flag,
+                             config_help="ResShift config file (configs/resshift/*.py)", argv=argv)
 
 
 if __name__ == "__main__":

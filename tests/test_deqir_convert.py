@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from ircore.layers import count_params
 from deqir_fixture_utils import parse_tol
 from deqir_jax import convert, models
 from ircore import checkpoints, torch_convert
@@ -37,7 +38,7 @@ def test_convert_checkpoint_round_trip_matches_official_outputs(load_fixture, tm
     src = _write_ckpt(fx, tmp_path / "tiny.ckpt")
     out = tmp_path / "converted"
     params = convert.convert_checkpoint(src, cfg, out)
-    assert convert.count_params(params) == fx.meta["n_params"]
+    assert count_params(params) == fx.meta["n_params"]
     restored = checkpoints.restore_params(out)
     model = models.model_from_config(cfg.model)
     x = np.transpose(fx["x"], (0, 2, 3, 1))

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from ircore.layers import count_params
 from ircore import checkpoints, torch_convert
 from resshift_jax import convert
 from resshift_jax.models import unet_swin, vq
@@ -48,7 +49,7 @@ def test_unet_round_trip_matches_official_forward(tiny, tmp_path):
     src = _save_pth(_state(ufx), tmp_path / "unet.pth", prefix="module.")  # DataParallel-style names
     out = tmp_path / "unet"
     params = convert.convert_checkpoint(src, cfg, out)  # part recognised from the keys
-    assert convert.count_params(params) == ufx.meta["n_params"]
+    assert count_params(params) == ufx.meta["n_params"]
     meta = checkpoints.restore_metadata(out)
     assert meta["part"] == "unet" and meta["config_name"] == "tiny_realsr"
     assert meta["unet"]["model_channels"] == ufx.meta["constructor_kwargs"]["model_channels"]

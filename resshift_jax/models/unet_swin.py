@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from ircore import torch_convert
 from ircore.layers import Downsample, GroupNorm32, ResBlock, Upsample, conv3x3, count_params, timestep_embedding
 from ircore.torch_convert import ConversionError, convert_state_dict
 from resshift_jax.models.swin import SwinStage, stage_buffers
@@ -348,19 +349,8 @@ def num_params(model: UNetModelSwin) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- conversion
-_PREFIXES = ("module.", "_orig_mod.")
 _BUFFERS = ("attn_mask", "relative_position_index")
 _NORMS = {"in_layers_0", "out_layers_0", "norm1", "norm2", "norm", "out_0"}
-
-
-def _strip(key: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for prefix in _PREFIXES:
-            if key.startswith(prefix):
-                key, changed = key[len(prefix):], True
-    return key
 
 
 def torch_key_to_path(key: str) -> tuple[str, ...] | None:
@@ -370,7 +360,7 @@ def torch_key_to_path(key: str) -> tuple[str, ...] | None:
     'kernel')``: list indices join their module name with ``_``; ``weight`` is ``scale`` for GroupNorms,
     else ``kernel``. ``module.`` / ``_orig_mod.`` prefixes are dropped.
     """
-    parts = _strip(key).split(".")
+    parts = torch_convert.strip_prefix(key).split(".")
     leaf = parts[-1]
     if leaf in _BUFFERS:
         return None
@@ -401,7 +391,7 @@ def check_buffers(state: Mapping[str, np.ndarray], cfg: Any) -> None:
     expected = expected_buffers(cfg)
     problems = []
     for key in sorted(state):
-        name = _strip(key)
+        name = torch_convert.strip_prefix(key)
         if name.rsplit(".", 1)[-1] not in _BUFFERS:
             continue
         if name not in expected:
