@@ -120,13 +120,36 @@ def _pixels(im: Image.Image, path: pathlib.Path) -> np.ndarray:
     return arr[..., None] if arr.ndim == 2 else arr
 
 
+# EXIF orientation tag (0x0112) value -> the array transform that shows the photo upright (as
+# PIL.ImageOps.exif_transpose does), applied to (H, W, C) pixels of any bit depth.
+_ORIENTATION = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: np.swapaxes(a, 0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.swapaxes(a, 0, 1)[::-1, ::-1],
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation of an opened image (1 = upright, also when there is no or a broken EXIF block)."""
+    try:
+        value = im.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - a malformed EXIF block must not make the pixels unreadable
+        return 1
+    return value if value in _ORIENTATION else 1
+
+
 def read_image(
     path: str | os.PathLike,
     *,
     alpha: Literal["drop", "composite"] = "drop",
     background: float = 1.0,
 ) -> np.ndarray:
-    """Reads an image file into a (1, H, W, 3) float32 RGB array in [-1, 1].
+    """Reads an image file into a (1, H, W, 3) float32 RGB array in [-1, 1], upright (EXIF orientation applied,
+    as a phone camera's portrait photo needs).
 
     Args:
       path: PNG, JPEG, WebP, TIFF or BMP file (first frame of multi-frame files).
@@ -157,11 +180,14 @@ def read_image(
                 else:
                     im.load()
                     pixels = _pixels(im, path)
+                orientation = _orientation(im)
     except ValueError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, EOFError, KeyError) as err:
         raise ValueError(f"cannot read image {path}: {_one_line(err)}") from None
 
+    if orientation != 1:
+        pixels = np.ascontiguousarray(_ORIENTATION[orientation](pixels))
     channels = pixels.shape[-1]
     has_alpha = channels in (2, 4)
     colour = pixels[..., : channels - 1] if has_alpha else pixels

@@ -157,13 +157,15 @@ def convert_state_dict(
       A nested dict of numpy arrays with exactly the structure of ``target``.
 
     Raises:
-      ConversionError: listing every unused source key, every unfilled parameter, every shape mismatch.
+      ConversionError: listing every unused source key, every unfilled parameter, every shape mismatch and every
+        tensor holding NaN or infinite values.
     """
     shapes = _shape_tree(target)
     filled: dict[tuple[str, ...], np.ndarray] = {}
     unused: list[str] = []
     mismatched: list[str] = []
     duplicated: list[str] = []
+    nonfinite: list[str] = []
     for key in sorted(state):
         path = key_to_path(key)
         if path is None:
@@ -181,6 +183,9 @@ def convert_state_dict(
         if path in filled:
             duplicated.append(f"{key} -> {'/'.join(path)}")
             continue
+        if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
+            bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+            nonfinite.append(f"{key} ({bad} of {np.size(value)} values)")
         filled[path] = value.astype(dtype) if np.issubdtype(value.dtype, np.floating) else value
     missing = sorted("/".join(p) for p in shapes if p not in filled)
     problems = []
@@ -192,6 +197,9 @@ def convert_state_dict(
         problems.append(f"{len(mismatched)} shape mismatch(es): {'; '.join(mismatched)}")
     if duplicated:
         problems.append(f"{len(duplicated)} parameter(s) filled twice: {', '.join(duplicated)}")
+    if nonfinite:
+        problems.append(f"{len(nonfinite)} tensor(s) with NaN or infinite values (a damaged or diverged "
+                        f"checkpoint): {', '.join(nonfinite)}")
     if problems:
         raise ConversionError("checkpoint does not match the model: " + " | ".join(problems))
     return traverse_util.unflatten_dict(filled)

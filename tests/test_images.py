@@ -9,7 +9,7 @@ import pytest
 import skimage.data
 import tifffile
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ircore import images
 
@@ -199,6 +199,33 @@ def _assert_one_line(err: pytest.ExceptionInfo, *words: str) -> None:
     assert "\n" not in text
     for word in words:
         assert word in text, text
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_as_pillow_does(tmp_path, photos, orientation):
+    upright_ref = photos["coffee"]  # not square, so a missed rotation changes the shape
+    im = Image.fromarray(upright_ref)
+    exif = im.getexif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"o{orientation}.png"
+    im.save(path, exif=exif.tobytes())
+    with Image.open(path) as opened:
+        expected = np.asarray(ImageOps.exif_transpose(opened).convert("RGB"))
+    got = images.read_image(path)
+    assert got.shape == (1, *expected.shape)
+    np.testing.assert_array_equal(got, _expected8(expected))
+    if orientation in (5, 6, 7, 8):
+        assert got.shape[1:3] == upright_ref.shape[1::-1]  # width and height swap
+
+
+def test_exif_orientation_of_a_16bit_photo(tmp_path, photos):
+    deep = _deep(photos["astronaut"], seed=3)
+    im = Image.fromarray(deep[..., 0])  # 16-bit gray ("I;16")
+    exif = im.getexif()
+    exif[0x0112] = 6  # the camera was turned clockwise: rotate 90 degrees clockwise to show it upright
+    path = tmp_path / "deep.png"
+    im.save(path, exif=exif.tobytes())
+    np.testing.assert_array_equal(images.read_image(path), _expected16(np.rot90(deep[..., 0], -1)))
 
 
 def test_read_errors(tmp_path, photos):

@@ -80,6 +80,26 @@ def test_convert_names_every_offending_key():
     assert "\n" not in msg
 
 
+def test_convert_names_every_non_finite_tensor():
+    state = _state(np.random.default_rng(3))
+    state["conv.weight"][0, 0, 1, 1] = np.nan
+    state["norm.bias"][:2] = np.inf
+    with pytest.raises(tc.ConversionError) as err:
+        tc.convert_state_dict(state, _target(), _key_to_path)
+    msg = str(err.value)
+    assert "conv.weight (1 of 72 values)" in msg and "norm.bias (2 of 4 values)" in msg
+    assert "NaN or infinite" in msg and "dense.weight" not in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("prefixes", [("module.",), ("module.", "_orig_mod.")])
+def test_strip_prefix_removes_nested_wrappers(prefixes):
+    assert tc.strip_prefix("module.net.w", prefixes) == "net.w"
+    assert tc.strip_prefix("net.module.w", prefixes) == "net.module.w"
+    nested = tc.strip_prefix("module._orig_mod.net.w", prefixes)
+    assert nested == ("net.w" if "_orig_mod." in prefixes else "_orig_mod.net.w")
+    assert tc.strip_prefixes({"module.a": 1, "b": 2}, prefixes) == {"a": 1, "b": 2}
+
+
 def test_load_torch_state_dict_reads_pt_and_npz(tmp_path):
     rng = np.random.default_rng(3)
     state = _state(rng)
