@@ -26,7 +26,7 @@ from PIL import Image
 
 from deqir_jax import models
 from deqir_jax import operators as ops
-from deqir_jax.restore import RestoreSettings, make_restore_fn
+from deqir_jax.restore import ChainSettings, make_restore_fn
 from deqir_jax.solver_settings import DEFAULT, OFFICIAL_ANDERSON
 from ircore import checkpoints, mesh, metrics
 from ircore.config_utils import load_config_file
@@ -125,11 +125,11 @@ def main(argv=None) -> int:
     for T in [int(s) for s in args.steps.split(",")]:
         official = dataclasses.replace(OFFICIAL_ANDERSON, max_iter=args.max_iter, chunk_size=chunk)
         variants = [
-            ("sequential", RestoreSettings(timesteps=T, sampler="sequential")),
-            ("parallel anderson", RestoreSettings(timesteps=T, solver=official)),
-            ("parallel anderson tight", RestoreSettings(timesteps=T, solver=dataclasses.replace(
+            ("sequential", ChainSettings(timesteps=T, sampler="sequential")),
+            ("parallel anderson", ChainSettings(timesteps=T, solver=official)),
+            ("parallel anderson tight", ChainSettings(timesteps=T, solver=dataclasses.replace(
                 official, max_iter=max(args.max_iter, T + 5), tol=1e-5))),
-            ("parallel default", RestoreSettings(timesteps=T, solver=dataclasses.replace(DEFAULT, chunk_size=chunk))),
+            ("parallel default", ChainSettings(timesteps=T, solver=dataclasses.replace(DEFAULT, chunk_size=chunk))),
         ]
         x0_seq = None
         for name, settings in variants:

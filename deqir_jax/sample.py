@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from deqir_jax import anderson, init_opt, masks, models, solver_settings
 from deqir_jax import operators as ops
-from deqir_jax.restore import RestoreSettings, make_init_opt_fn, make_restore_fn
+from deqir_jax.restore import ChainSettings, make_init_opt_fn, make_restore_fn
 from ircore import checkpoints, images, mesh, metrics
 
 OUTPUT_FILES = ("restored.png", "measurement.png", "side_by_side.png", "metrics.json", "convergence.png")
@@ -47,9 +47,9 @@ DEFAULT_OUTPUT_PARENT = pathlib.Path("outputs") / "deqir"
 
 
 # ------------------------------------------------------------------------------------------ set-up pieces
-def settings_from_config(cfg: ml_collections.ConfigDict) -> RestoreSettings:
+def settings_from_config(cfg: ml_collections.ConfigDict) -> ChainSettings:
     """The static sampler settings of a preset."""
-    return RestoreSettings(
+    return ChainSettings(
         timesteps=int(cfg.timesteps), nw=float(cfg.nw), etw=float(cfg.etw), sampler=cfg.sampler,
         solver=solver_settings.from_config(cfg.solver),
     )
