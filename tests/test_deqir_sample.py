@@ -57,7 +57,7 @@ def _config(tiny_prior, photo, out, **over) -> ml_collections.ConfigDict:
 def test_sample_writes_every_output(tiny_prior, tmp_path):
     photo = _photo(tmp_path, tiny_prior[2])
     cfg = _config(tiny_prior, photo, tmp_path / "out", **{"solver.max_iter": 12})
-    (record,) = sample.restore_files(cfg, progress=False)
+    (record,) = sample.restore_images(cfg, progress=False)
     folder = tmp_path / "out" / "astronaut"
     for name in ("restored.png", "measurement.png", "reference.png", "metrics.json", "convergence.png"):
         assert (folder / name).is_file(), name
@@ -73,14 +73,14 @@ def test_sample_writes_every_output(tiny_prior, tmp_path):
     # Range-space consistency: the DDNM rectification makes A x0 = y up to float error.
     assert record["consistency_l2"] < 1e-2
     with pytest.raises(FileExistsError, match="overwrite"):
-        sample.restore_files(cfg, progress=False)
+        sample.restore_images(cfg, progress=False)
 
 
 def test_sample_sequential_and_parallel_agree(tiny_prior, tmp_path):
     """With Picard and T evaluations the parallel solver returns exactly the sequential chain."""
     photo = _photo(tmp_path, tiny_prior[2])
-    seq = sample.restore_files(_config(tiny_prior, photo, tmp_path / "s", sampler="sequential"), progress=False)[0]
-    par = sample.restore_files(_config(tiny_prior, photo, tmp_path / "p", **{
+    seq = sample.restore_images(_config(tiny_prior, photo, tmp_path / "s", sampler="sequential"), progress=False)[0]
+    par = sample.restore_images(_config(tiny_prior, photo, tmp_path / "p", **{
         "solver.method": "picard", "solver.tol": 0.0, "solver.max_iter": 10, "solver.stop": "residual",
         "solver.row_tol": 0.0}), progress=False)[0]
     a = np.asarray(Image.open(tmp_path / "s/astronaut/restored.png"), np.int32)
@@ -98,7 +98,7 @@ def test_sample_with_init_opt_records_the_optimisation(tiny_prior, tmp_path):
     cfg = _config(tiny_prior, photo, tmp_path / "io", **{
         "init_opt.steps": 3, "init_opt.gradient": "phantom", "init_opt.loss": "measurement",
         "init_opt.learning_rate": 1e-2, "init_opt.early_stop": 0.0})
-    (record,) = sample.restore_files(cfg, progress=False)
+    (record,) = sample.restore_images(cfg, progress=False)
     opt = record["init_opt"]
     assert opt["epochs"] == 3 and len(opt["losses"]) == 3
     assert opt["best_loss"] == pytest.approx(min(opt["losses"]))
@@ -112,14 +112,14 @@ def test_sample_takes_a_given_low_resolution_measurement(tiny_prior, tmp_path):
     lr = tmp_path / "lr.png"
     Image.fromarray(skdata.astronaut()).resize((size // 2, size // 2), Image.BICUBIC).save(lr)
     cfg = _config(tiny_prior, lr, tmp_path / "m", input_is_measurement=True, sampler="sequential")
-    (record,) = sample.restore_files(cfg, progress=False)
+    (record,) = sample.restore_images(cfg, progress=False)
     assert "psnr" not in record  # no reference given
     assert Image.open(tmp_path / "m/lr/restored.png").size == (size, size)
     assert record["consistency_l2"] < 1e-2
     wrong = tmp_path / "wrong.png"
     Image.fromarray(skdata.astronaut()).resize((size // 2 + 1, size // 2), Image.BICUBIC).save(wrong)
     with pytest.raises(ValueError, match="expects"):
-        sample.restore_files(_config(tiny_prior, wrong, tmp_path / "w", input_is_measurement=True), progress=False)
+        sample.restore_images(_config(tiny_prior, wrong, tmp_path / "w", input_is_measurement=True), progress=False)
 
 
 def test_sample_errors_are_one_line(tiny_prior, tmp_path):
@@ -127,14 +127,14 @@ def test_sample_errors_are_one_line(tiny_prior, tmp_path):
     cfg = _config(tiny_prior, photo, tmp_path / "o")
     cfg.checkpoint = str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        sample.restore_files(cfg, progress=False)
+        sample.restore_images(cfg, progress=False)
     cfg = _config(tiny_prior, tmp_path / "missing.png", tmp_path / "o")
     with pytest.raises(FileNotFoundError, match="missing.png"):
-        sample.restore_files(cfg, progress=False)
+        sample.restore_images(cfg, progress=False)
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
     with pytest.raises(ValueError, match="bad.png"):
-        sample.restore_files(_config(tiny_prior, bad, tmp_path / "o"), progress=False)
+        sample.restore_images(_config(tiny_prior, bad, tmp_path / "o"), progress=False)
 
 
 def test_sample_cli(tiny_prior, tmp_path):
