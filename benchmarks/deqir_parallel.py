@@ -51,6 +51,7 @@ def fixture_unet():
     folder ($REFERENCE_FIXTURES, default ../shared/fixtures) is there; else None."""
     import os
 
+    from deqir_jax import convert_keys
     from deqir_jax.models import adm
 
     root = pathlib.Path(os.environ.get("REFERENCE_FIXTURES", "../shared/fixtures"))
@@ -61,7 +62,7 @@ def fixture_unet():
     cfg = adm.config_from_create_model_kwargs(meta["constructor_kwargs"])
     with np.load(npz) as fx:
         state = {k[len("param/"):]: fx[k] for k in fx.files if k.startswith("param/")}
-    return cfg, adm.convert_torch_state_dict(state, cfg)
+    return cfg, convert_keys.convert_adm_state_dict(state, cfg)
 
 
 def random_params(model, size: int):

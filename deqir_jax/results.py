@@ -1,4 +1,5 @@
-"""Writing one restored image's results into its folder, atomically (:mod:`ircore.files`, :func:`ircore.images.write_png`).
+"""Writing one restored image's results into its folder, atomically (:mod:`ircore.files`,
+:func:`ircore.images.write_png`).
 
 ``restored.png``, ``measurement.png`` (a picture of y), ``reference.png`` (when there is one),
 ``side_by_side.png`` (degraded | restored | reference), ``convergence.png`` (parallel solves: relative residual

@@ -611,8 +611,8 @@ def test_measurement_pictures_round_trip():
             with pytest.raises(ValueError, match="cannot be given as an image"):
                 op.measurement_from_image(picture)
             continue
-        np.testing.assert_allclose(np.asarray(op.measurement_from_image(picture)), np.asarray(y), atol=1e-5,
-                                   err_msg=name)
+        back = op.measurement_from_image(picture)
+        np.testing.assert_allclose(np.asarray(back), np.asarray(y), atol=1e-5, err_msg=name)
 
 
 def test_measurement_picture_of_the_wrong_size_is_a_one_line_error():
