@@ -18,7 +18,7 @@ wall time; ``convergence.png``). ``output`` empty (the default) means a fresh
 ``--config.overwrite``. :func:`restore_images` is the same from Python.
 
 The steps: :func:`set_up` (prior, mesh, jitted restore function, operator, PRNG key: once per run), then per
-image :func:`restore_image` (:func:`measure` -> :func:`optimise_x_T` -> solve -> score) and
+image :func:`restore_file` (:func:`measure` -> :func:`optimise_x_T` -> solve -> score) and
 :func:`deqir_jax.results.write_result`.
 """
 from __future__ import annotations
@@ -77,7 +77,7 @@ def prepare_image(img: np.ndarray, size: int, mode: str) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------ once per run
-class Restorer(NamedTuple):
+class RunSetup(NamedTuple):
     """What a run builds once: its preset, chain settings, operator, prior weights (a copy on every device
     for the parallel sampler), jitted ``restore_fn(params, op, y, x_T, z)``, jitted x_T optimisation
     ``init_opt_fn(params, op, y, x_T, z, target)`` (None when off) and PRNG key (from ``cfg.seed``)."""
@@ -95,7 +95,7 @@ class Restorer(NamedTuple):
         return int(self.cfg.image_size)
 
 
-def set_up(cfg: ml_collections.ConfigDict, params: Any | None = None) -> Restorer:
+def set_up(cfg: ml_collections.ConfigDict, params: Any | None = None) -> RunSetup:
     """Loads the prior (unless ``params`` is given) and builds everything a run reuses for every image."""
     params = presets.load_params(cfg) if params is None else params
     model = models.model_from_config(cfg.model)
@@ -113,13 +113,13 @@ def set_up(cfg: ml_collections.ConfigDict, params: Any | None = None) -> Restore
                                        sharding=sharding)
     size = int(cfg.image_size)
     op = presets.build_operator(cfg, (size, size))
-    return Restorer(cfg, settings, op, params, restore_fn, init_opt_fn, jax.random.PRNGKey(int(cfg.seed)))
+    return RunSetup(cfg, settings, op, params, restore_fn, init_opt_fn, jax.random.PRNGKey(int(cfg.seed)))
 
 
 # ------------------------------------------------------------------------------------------ once per image
-class Problem(NamedTuple):
-    """One image's problem: y (1, *op.y_shape) (noise included), x_T and z (1, H, W, 3) the initial and the
-    fixed noise image, reference (1, H, W, 3) in [-1, 1] or None."""
+class RestorationInputs(NamedTuple):
+    """What restoring one image starts from: y (1, *op.y_shape) (noise included), x_T and z (1, H, W, 3) the
+    initial and the fixed noise image, reference (1, H, W, 3) in [-1, 1] or None."""
 
     y: jax.Array
     x_T: jax.Array
@@ -127,7 +127,7 @@ class Problem(NamedTuple):
     reference: np.ndarray | None
 
 
-def measure(run: Restorer, file: pathlib.Path, index: int) -> Problem:
+def measure(run: RunSetup, file: pathlib.Path, index: int) -> RestorationInputs:
     """Reads image ``index`` of the run and makes its measurement (or takes the file as the measurement)."""
     cfg, size = run.cfg, run.size
     img = images.read_image(file)
@@ -142,7 +142,7 @@ def measure(run: Restorer, file: pathlib.Path, index: int) -> Problem:
         y = y + float(cfg.sigma_y) * jax.random.normal(key_y, y.shape, y.dtype)
     x_T = jax.random.normal(key_xt, (1, size, size, 3), jnp.float32)
     z = jax.random.normal(key_z, (1, size, size, 3), jnp.float32)
-    return Problem(y=y, x_T=x_T, z=z, reference=reference)
+    return RestorationInputs(y=y, x_T=x_T, z=z, reference=reference)
 
 
 def init_opt_target(cfg: ml_collections.ConfigDict, reference: np.ndarray | None, size: int) -> jax.Array:
@@ -161,12 +161,12 @@ def init_opt_target(cfg: ml_collections.ConfigDict, reference: np.ndarray | None
     raise ValueError(f"unknown init_opt.loss {loss!r}; expected measurement, reference or oracle")
 
 
-def optimise_x_T(run: Restorer, problem: Problem) -> tuple[jax.Array, dict]:
+def optimise_x_T(run: RunSetup, inputs: RestorationInputs) -> tuple[jax.Array, dict]:
     """x_T after the optional x_T optimisation, and the record entry describing it ({} when off)."""
     if run.init_opt_fn is None:
-        return problem.x_T, {}
-    target = init_opt_target(run.cfg, problem.reference, run.size)
-    opt = jax.block_until_ready(run.init_opt_fn(run.params, run.op, problem.y, problem.x_T, problem.z, target))
+        return inputs.x_T, {}
+    target = init_opt_target(run.cfg, inputs.reference, run.size)
+    opt = jax.block_until_ready(run.init_opt_fn(run.params, run.op, inputs.y, inputs.x_T, inputs.z, target))
     n_opt = int(opt.n_epochs)
     c = run.cfg.init_opt
     return opt.best_x_T, {"init_opt": {"loss": c.loss, "gradient": c.gradient, "epochs": n_opt,
@@ -199,12 +199,12 @@ def scores(restored: np.ndarray, reference: np.ndarray | None) -> dict:
     return {"psnr": float(metrics.psnr(restored, ref01)[0]), "ssim": float(metrics.ssim(restored, ref01)[0])}
 
 
-def restore_image(run: Restorer, file: pathlib.Path, index: int, folder: pathlib.Path) -> ImageResult:
+def restore_file(run: RunSetup, file: pathlib.Path, index: int, folder: pathlib.Path) -> ImageResult:
     """Measure -> (x_T optimisation) -> restore -> score one image; ``folder`` is where its results will go."""
-    problem = measure(run, file, index)
+    inputs = measure(run, file, index)
     start = time.perf_counter()
-    x_T, opt_record = optimise_x_T(run, problem)
-    out = jax.block_until_ready(run.restore_fn(run.params, run.op, problem.y, x_T, problem.z))
+    x_T, opt_record = optimise_x_T(run, inputs)
+    out = jax.block_until_ready(run.restore_fn(run.params, run.op, inputs.y, x_T, inputs.z))
     wall = time.perf_counter() - start
     anderson.check_result(out)  # one-line SolverDivergedError on NaN / divergence
     restored = np.clip((np.asarray(out.x0) + 1.0) / 2.0, 0.0, 1.0)
@@ -213,18 +213,18 @@ def restore_image(run: Restorer, file: pathlib.Path, index: int, folder: pathlib
         "task": run.cfg.degradation.name,
         **solve_record(run.settings, out),
         "wall_time_s": wall,
-        "consistency_l2": float(jnp.sqrt(jnp.sum((run.op.A(out.x0) - problem.y) ** 2))),
+        "consistency_l2": float(jnp.sqrt(jnp.sum((run.op.A(out.x0) - inputs.y) ** 2))),
         "sigma_y": float(run.cfg.sigma_y),
         "image_size": run.size,
         "folder": str(folder.resolve()),
-        "side_by_side": ["degraded", "restored"] + (["reference"] if problem.reference is not None else []),
+        "side_by_side": ["degraded", "restored"] + (["reference"] if inputs.reference is not None else []),
         **opt_record,
-        **scores(restored, problem.reference),
+        **scores(restored, inputs.reference),
     }
     parallel = run.settings.sampler == "parallel"
     return ImageResult(
-        record=record, restored=np.asarray(out.x0), measurement=run.op.measurement_image(problem.y),
-        reference=problem.reference, residuals=np.asarray(out.residuals) if parallel else None,
+        record=record, restored=np.asarray(out.x0), measurement=run.op.measurement_image(inputs.y),
+        reference=inputs.reference, residuals=np.asarray(out.residuals) if parallel else None,
         title=f"{file.name}: {run.settings.solver.method}, T={run.settings.timesteps}",
     )
 
@@ -232,15 +232,15 @@ def restore_image(run: Restorer, file: pathlib.Path, index: int, folder: pathlib
 # ------------------------------------------------------------------------------------------ the loop
 def restore_images(cfg: ml_collections.ConfigDict, params: Any | None = None, *, progress: bool = True) -> list[dict]:
     """Runs the preset on every input image; returns the record of each (also written to disk)."""
-    inputs = list_inputs(cfg)
-    check_outputs_free(cfg.output, [file.stem for file in inputs], bool(cfg.overwrite))
+    files = list_inputs(cfg)
+    check_outputs_free(cfg.output, [file.stem for file in files], bool(cfg.overwrite))
     run = set_up(cfg, params)
     # A fresh run folder only once the set-up has worked (a failed start leaves nothing behind).
     out_root = pathlib.Path(cfg.output) if cfg.output else images.fresh_folder(DEFAULT_OUTPUT_PARENT)
     records = []
-    for index, file in enumerate(tqdm(inputs, desc="deqir", unit="img", disable=not progress)):
+    for index, file in enumerate(tqdm(files, desc="deqir", unit="img", disable=not progress)):
         folder = out_root / file.stem
-        result = restore_image(run, file, index, folder)
+        result = restore_file(run, file, index, folder)
         write_result(folder, result)
         records.append(result.record)
     return records

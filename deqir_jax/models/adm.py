@@ -3,7 +3,8 @@
 Structure and numbers follow openai/guided-diffusion ``unet.py`` (``UNetModel``); the layers live in
 :mod:`ircore.layers`. Activations are NHWC; the output is always float32.
 
-Parameter tree (PyTorch name -> Flax path; a ``.N`` list index is joined to its parent with ``_``)::
+Parameter tree (PyTorch name -> Flax path, :func:`deqir_jax.convert_keys.adm_torch_key_to_path`; a ``.N`` list
+index is joined to its parent with ``_``)::
 
     time_embed.0 / time_embed.2          -> time_embed_0 / time_embed_2         (Dense)
     label_emb                            -> label_emb                           (Embed, class_cond only)

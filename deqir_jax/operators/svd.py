@@ -123,7 +123,6 @@ def separable_operator(
     u_r, s_r, v_r = _svd(rows)
     u_c, s_c, v_c = _svd(cols)
     s_r_cut, s_c_cut = _truncate(s_r, zero_threshold), _truncate(s_c, zero_threshold)
-    kr, kc = s_r.shape[0], s_c.shape[0]
     cut = np.outer(s_r_cut, s_c_cut).astype(np.float32)  # (kr, kc), float32 products as torch.matmul
 
     if not official:
@@ -134,21 +133,9 @@ def separable_operator(
         mult = np.repeat(cut[..., None], c, axis=-1)
         inv_mult = _safe_inverse(mult)
         singular_values = mult.reshape(-1)
-    else:  # Deblurring / Deblurring2D: sorted singulars tiled channel-major against interleaved coefficients.
-        n = kr * kc
-        flat = cut.reshape(-1)
-        if singular_perm is None:
-            perm = np.argsort(-flat, kind="stable")
-        else:
-            perm = _check_perm(singular_perm, n, "singular_perm")
-        sorted_s = flat[perm]
-        k = np.arange(n)
-        mult_flat = np.zeros((n, c), np.float32)
-        for ch in range(c):
-            mult_flat[perm, ch] = sorted_s[(c * k + ch) % n]
-        mult = mult_flat.reshape(kr, kc, c)
+    else:
+        mult, singular_values = _official_deblur_multipliers(cut, c, singular_perm)
         inv_mult = _safe_inverse(mult)
-        singular_values = np.tile(sorted_s, c)
 
     return SeparableSVDOperator(
         u_rows=jnp.asarray(u_r),
@@ -161,3 +148,25 @@ def separable_operator(
         image_shape=image_shape,
         name=name,
     )
+
+
+def _official_deblur_multipliers(cut: np.ndarray, c: int, singular_perm: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Official ``Deblurring`` / ``Deblurring2D`` (quirk 2): the sorted singular values, tiled channel-major,
+    against the pixel-major interleaved coefficients.
+
+    cut: (kr, kc) truncated singular value products; returns ``mult`` (kr, kc, c) and the official
+    ``singulars()`` vector (c * kr * kc,).
+    """
+    kr, kc = cut.shape
+    n = kr * kc
+    flat = cut.reshape(-1)
+    if singular_perm is None:
+        perm = np.argsort(-flat, kind="stable")
+    else:
+        perm = _check_perm(singular_perm, n, "singular_perm")
+    sorted_s = flat[perm]
+    k = np.arange(n)
+    mult_flat = np.zeros((n, c), np.float32)
+    for ch in range(c):
+        mult_flat[perm, ch] = sorted_s[(c * k + ch) % n]
+    return mult_flat.reshape(kr, kc, c), np.tile(sorted_s, c)
