@@ -1,6 +1,6 @@
 """guided-diffusion ADM UNet: parity with the PyTorch fixture ``deqir/tiny_unet`` and the released configs.
 
-The fixture's weights go through :func:`deqir_jax.models.convert_keys.convert_adm_state_dict` (the function a user
+The fixture's weights go through :func:`deqir_jax.convert_keys.convert_adm_state_dict` (the function a user
 runs on ``256x256_diffusion_uncond.pt``); the model is built from the sidecar's ``constructor_kwargs``.
 Fixture arrays are NCHW, the model is NHWC: transposed here only.
 """

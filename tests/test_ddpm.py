@@ -165,16 +165,6 @@ def test_converter_is_strict(load_fixture):
         convert_keys.convert_ddpm_state_dict(extra, cfg)
 
 
-def test_ddpm_torch_key_to_path_examples():
-    key_to_path = convert_keys.ddpm_torch_key_to_path
-    assert key_to_path("temb.dense.1.weight") == ("temb_dense_1", "kernel")
-    assert key_to_path("down.2.block.1.norm1.weight") == ("down_2_block_1", "norm1", "gn", "scale")
-    assert key_to_path("up.3.attn.2.proj_out.bias") == ("up_3_attn_2", "proj_out", "bias")
-    assert key_to_path("down.0.downsample.conv.weight") == ("down_0_downsample", "conv", "kernel")
-    assert key_to_path("mid.block_2.nin_shortcut.weight") == ("mid_block_2", "nin_shortcut", "kernel")
-    assert key_to_path("norm_out.bias") == ("norm_out", "gn", "bias")
-
-
 def _released_config():
     path = REPO_ROOT / "configs" / "deqir" / "models" / "celeba_hq.py"
     spec = importlib.util.spec_from_file_location("celeba_hq_config", path)
