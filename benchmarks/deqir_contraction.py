@@ -27,7 +27,8 @@ import numpy as np
 
 from deqir_jax import fixed_point as fp, models, sequential
 from deqir_jax.restore import chain_schedule
-from deqir_jax.sample import build_operator, prepare_image
+from deqir_jax.presets import build_operator
+from deqir_jax.sample import prepare_image
 from deqir_solvers import REPO, TASKS, psnr
 from ircore import checkpoints, images, photos
 from ircore.config_utils import load_config_file

@@ -26,7 +26,7 @@ from PIL import Image
 
 from deqir_jax import models
 from deqir_jax import operators as ops
-from deqir_jax.restore import RestoreSettings, make_restore_fn
+from deqir_jax.restore import ChainSettings, make_restore_fn
 from deqir_jax.solver_settings import DEFAULT, OFFICIAL_ANDERSON
 from ircore import checkpoints, mesh, metrics
 from ircore.config_utils import load_config_file
@@ -51,6 +51,7 @@ def fixture_unet():
     folder ($REFERENCE_FIXTURES, default ../shared/fixtures) is there; else None."""
     import os
 
+    from deqir_jax import convert_keys
     from deqir_jax.models import adm
 
     root = pathlib.Path(os.environ.get("REFERENCE_FIXTURES", "../shared/fixtures"))
@@ -61,7 +62,7 @@ def fixture_unet():
     cfg = adm.config_from_create_model_kwargs(meta["constructor_kwargs"])
     with np.load(npz) as fx:
         state = {k[len("param/"):]: fx[k] for k in fx.files if k.startswith("param/")}
-    return cfg, adm.convert_torch_state_dict(state, cfg)
+    return cfg, convert_keys.convert_adm_state_dict(state, cfg)
 
 
 def random_params(model, size: int):
@@ -125,11 +126,11 @@ def main(argv=None) -> int:
     for T in [int(s) for s in args.steps.split(",")]:
         official = dataclasses.replace(OFFICIAL_ANDERSON, max_iter=args.max_iter, chunk_size=chunk)
         variants = [
-            ("sequential", RestoreSettings(timesteps=T, sampler="sequential")),
-            ("parallel anderson", RestoreSettings(timesteps=T, solver=official)),
-            ("parallel anderson tight", RestoreSettings(timesteps=T, solver=dataclasses.replace(
+            ("sequential", ChainSettings(timesteps=T, sampler="sequential")),
+            ("parallel anderson", ChainSettings(timesteps=T, solver=official)),
+            ("parallel anderson tight", ChainSettings(timesteps=T, solver=dataclasses.replace(
                 official, max_iter=max(args.max_iter, T + 5), tol=1e-5))),
-            ("parallel default", RestoreSettings(timesteps=T, solver=dataclasses.replace(DEFAULT, chunk_size=chunk))),
+            ("parallel default", ChainSettings(timesteps=T, solver=dataclasses.replace(DEFAULT, chunk_size=chunk))),
         ]
         x0_seq = None
         for name, settings in variants:

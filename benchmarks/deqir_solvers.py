@@ -43,7 +43,8 @@ import numpy as np
 
 from deqir_jax import anderson, fixed_point as fp, models, sequential
 from deqir_jax.restore import chain_schedule
-from deqir_jax.sample import build_operator, prepare_image
+from deqir_jax.presets import build_operator
+from deqir_jax.sample import prepare_image
 from deqir_jax.solver_settings import DEFAULT, OFFICIAL_ANDERSON, SolverSettings
 from ircore import checkpoints, images, photos
 from ircore.config_utils import load_config_file

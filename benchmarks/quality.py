@@ -38,7 +38,8 @@ import numpy as np
 from deqir_jax import anderson, models
 from deqir_jax.restore import make_restore_fn
 from deqir_jax.solver_settings import OFFICIAL_ANDERSON
-from deqir_jax.sample import build_operator, measurement_image, prepare_image, settings_from_config
+from deqir_jax.presets import build_operator, chain_settings_from_config
+from deqir_jax.sample import prepare_image
 from ircore import checkpoints, images, photos
 from ircore.config_utils import load_config_file
 from resshift_jax import resize
@@ -110,7 +111,7 @@ def main() -> None:
         model = models.model_from_config(cfg.model)
         size = int(cfg.image_size)
         op = build_operator(cfg, (size, size))
-        preset = settings_from_config(cfg)
+        preset = chain_settings_from_config(cfg)
         official = dataclasses.replace(OFFICIAL_ANDERSON, max_iter=args.max_iter or OFFICIAL_ANDERSON.max_iter)
         settings = {"ddnm_sequential": dataclasses.replace(preset, sampler="sequential"),
                     "deqir_anderson": dataclasses.replace(preset, sampler="parallel", solver=official),
@@ -131,7 +132,7 @@ def main() -> None:
                 rows.append({**base, "method": "resshift", **rsample.image_scores(out, x),
                              "nfe": int(rcfg.diffusion.steps), "run_s": second, "compile_s": max(first - second, 0.0)})
             else:
-                rows.append({**base, "method": "input", **rsample.image_scores(measurement_image(op, y), x),
+                rows.append({**base, "method": "input", **rsample.image_scores(op.measurement_image(y), x),
                              "nfe": 0, "run_s": 0.0})
             seq = None
             for label, fn in fns.items():

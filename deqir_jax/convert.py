@@ -12,7 +12,7 @@ import os
 import ml_collections
 
 from ircore import checkpoints, convert_cli, torch_convert
-from deqir_jax import models
+from deqir_jax.convert_keys import convert_prior_state_dict
 
 
 def convert_checkpoint(
@@ -28,7 +28,7 @@ def convert_checkpoint(
     unused checkpoint key, every missing parameter and every shape mismatch.
     """
     state = torch_convert.load_torch_state_dict(src)
-    params = models.convert_torch_state_dict(state, config.model)
+    params = convert_prior_state_dict(state, config.model)
     if out is not None:
         checkpoints.save_params(
             out,

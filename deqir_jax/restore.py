@@ -1,8 +1,8 @@
 """One-call DeqIR restoration: schedule + coefficients + solve, for the CLI, benchmarks and research code.
 
-    out = restore(eps_fn, op, y, x_T, z, RestoreSettings(timesteps=25, etw=0.1))
+    out = restore_measurement(eps_fn, op, y, x_T, z, ChainSettings(timesteps=25, etw=0.1))
     out.x0            # (1, H, W, C) restored image in [-1, 1] (not clamped)
-    RestoreSettings(solver=OFFICIAL_ANDERSON)   # the official solver (deqir_jax.solver_settings)
+    ChainSettings(solver=OFFICIAL_ANDERSON)   # the official solver (deqir_jax.solver_settings)
 
 ``sampler="parallel"`` solves the joint fixed point over all T states (one batched eps call per map
 evaluation, the time axis sharded over ``sharding``); ``"sequential"`` runs the T-step DDIM + DDNM chain.
@@ -28,8 +28,8 @@ SAMPLERS = ("parallel", "sequential")
 
 
 @dataclasses.dataclass(frozen=True)
-class RestoreSettings:
-    """Static settings of a restoration run (hashable: one compile per distinct value).
+class ChainSettings:
+    """Static settings of the T-step chain and of its solve (hashable: one compile per distinct value).
 
     The chain is the official one (README example ``--timesteps 25 --etw 0.1``, nw 0); ``solver`` is the
     parallel solve (:class:`~deqir_jax.solver_settings.SolverSettings`, the project default unless given).
@@ -75,13 +75,13 @@ def chain_schedule(timesteps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return t.astype(np.int32), abar_pad[t + 1], abar_pad[t_next + 1]
 
 
-def restore(
+def restore_measurement(
     eps_fn: EpsFn,
     op: Any,
     y: Array,
     x_T: Array,
     z: Array,
-    settings: RestoreSettings,
+    settings: ChainSettings,
     *,
     sharding: NamedSharding | None = None,
     init_states: Array | None = None,
@@ -119,20 +119,20 @@ def restore(
 
 
 def make_restore_fn(
-    model: Any, settings: RestoreSettings, *, sharding: NamedSharding | None = None
+    model: Any, settings: ChainSettings, *, sharding: NamedSharding | None = None
 ) -> Callable[[Any, Any, Array, Array, Array], RestoreOutput]:
     """``fn(params, op, y, x_T, z) -> RestoreOutput``, jit-compiled once per shape for ``model``."""
 
     @jax.jit
     def fn(params, op, y, x_T, z):
         eps_fn = fixed_point.eps_fn_from_model(model, params)
-        return restore(eps_fn, op, y, x_T, z, settings, sharding=sharding)
+        return restore_measurement(eps_fn, op, y, x_T, z, settings, sharding=sharding)
 
     return fn
 
 
 def make_init_opt_fn(
-    model: Any, settings: RestoreSettings, opt: init_opt.InitOptConfig, loss: str,
+    model: Any, settings: ChainSettings, opt: init_opt.InitOptConfig, loss: str,
     *, sharding: NamedSharding | None = None,
 ) -> Callable[..., init_opt.InitOptResult]:
     """``fn(params, op, y, x_T, z, target) -> InitOptResult``: optimises x_T for the chain of ``settings``

@@ -12,6 +12,7 @@ from typing import Any, Callable, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
+from deqir_jax import convert_keys
 from deqir_jax import operators as ops
 from deqir_jax.models import adm
 
@@ -100,7 +101,7 @@ def load_tiny_unet(load_fixture) -> tuple[Any, Any]:
     fx = load_fixture("deqir/tiny_unet")
     cfg = adm.config_from_create_model_kwargs(fx.meta["constructor_kwargs"])
     state = {k[len("param/"):]: fx[k] for k in fx.files if k.startswith("param/")}
-    return adm.model_from_config(cfg), adm.convert_torch_state_dict(state, cfg)
+    return adm.model_from_config(cfg), convert_keys.convert_adm_state_dict(state, cfg)
 
 
 def make_eps_apply(model, description: str, abar_padded) -> Callable:

@@ -1,6 +1,6 @@
 """guided-diffusion ADM UNet: parity with the PyTorch fixture ``deqir/tiny_unet`` and the released configs.
 
-The fixture's weights go through :func:`deqir_jax.models.adm.convert_torch_state_dict` (the function a user
+The fixture's weights go through :func:`deqir_jax.convert_keys.convert_adm_state_dict` (the function a user
 runs on ``256x256_diffusion_uncond.pt``); the model is built from the sidecar's ``constructor_kwargs``.
 Fixture arrays are NCHW, the model is NHWC: transposed here only.
 """
@@ -14,8 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from deqir_jax import convert_keys
 from deqir_jax.models import adm
 from ircore.config_utils import load_config_file
+from ircore.layers import count_params
 from ircore.torch_convert import ConversionError
 
 FIXTURE = "deqir/tiny_unet"
@@ -53,7 +55,7 @@ def _state(fx) -> dict[str, np.ndarray]:
 def tiny(load_fixture):
     fx = load_fixture(FIXTURE)
     cfg = adm.config_from_create_model_kwargs(fx.meta["constructor_kwargs"])
-    params = adm.convert_torch_state_dict(_state(fx), cfg)
+    params = convert_keys.convert_adm_state_dict(_state(fx), cfg)
     x = jnp.asarray(fx["x"].transpose(0, 2, 3, 1))
     t = jnp.asarray(fx["timesteps"])
     return fx, cfg, params, x, t
@@ -69,8 +71,8 @@ def tiny_outputs(tiny):
 
 def test_param_count_matches_sidecar(tiny):
     fx, cfg, params, _, _ = tiny
-    assert adm.count_params(params) == fx.meta["n_params"]
-    assert adm.count_params(adm.init_params_shapes(cfg)) == fx.meta["n_params"]
+    assert count_params(params) == fx.meta["n_params"]
+    assert count_params(adm.init_params_shapes(cfg)) == fx.meta["n_params"]
     assert all(leaf.dtype == np.float32 for leaf in jax.tree_util.tree_leaves(params))
 
 
@@ -125,7 +127,7 @@ def test_imagenet256_uncond_has_released_parameter_count():
     cfg = load_config_file(CONFIG_DIR / "imagenet256_uncond.py")
     assert cfg.checkpoint_name == "256x256_diffusion_uncond.pt"
     shapes = adm.init_params_shapes(cfg.model)
-    assert adm.count_params(shapes) == 552_814_086
+    assert count_params(shapes) == 552_814_086
     model = adm.model_from_config(cfg.model)
     assert model.out_channels == 6 and model.attention_resolutions == (8, 16, 32)
     assert model.channel_mult == (1, 1, 2, 2, 4, 4) and model.dtype == jnp.float16
@@ -137,7 +139,7 @@ def test_imagenet256_uncond_has_released_parameter_count():
 )
 def test_related_configs_build(name, count):
     cfg = load_config_file(CONFIG_DIR / name)
-    assert adm.count_params(adm.init_params_shapes(cfg)) == count
+    assert count_params(adm.init_params_shapes(cfg)) == count
 
 
 # ----------------------------------------------------------------------------------------------- corruption
@@ -146,7 +148,7 @@ def test_renamed_key_is_reported(tiny):
     state = _state(fx)
     state["middle_block.1.qkv_renamed.weight"] = state.pop("middle_block.1.qkv.weight")
     with pytest.raises(ConversionError) as err:
-        adm.convert_torch_state_dict(state, cfg)
+        convert_keys.convert_adm_state_dict(state, cfg)
     assert "middle_block.1.qkv_renamed.weight" in str(err.value)
     assert "middle_block_1/qkv/kernel" in str(err.value)
 
@@ -160,8 +162,9 @@ def test_missing_key_is_reported(tiny):
     assert candidates, "the fixture state dict holds no output-block ResBlock"
     victim = max(candidates, key=lambda k: [int(p) if p.isdigit() else -1 for p in k.split(".")])
     del state[victim]
-    with pytest.raises(ConversionError, match=re.escape("/".join(adm.torch_key_to_path(victim)))):
-        adm.convert_torch_state_dict(state, cfg)
+    victim_path = "/".join(convert_keys.adm_torch_key_to_path(victim))
+    with pytest.raises(ConversionError, match=re.escape(victim_path)):
+        convert_keys.convert_adm_state_dict(state, cfg)
 
 
 def test_wrong_shape_is_reported(tiny):
@@ -169,7 +172,7 @@ def test_wrong_shape_is_reported(tiny):
     state = _state(fx)
     state["input_blocks.0.0.weight"] = state["input_blocks.0.0.weight"][:, :2]
     with pytest.raises(ConversionError, match=r"input_blocks\.0\.0\.weight .*input_blocks_0_0/kernel"):
-        adm.convert_torch_state_dict(state, cfg)
+        convert_keys.convert_adm_state_dict(state, cfg)
 
 
 def test_class_conditional_config_needs_label_embedding(tiny):
@@ -177,7 +180,7 @@ def test_class_conditional_config_needs_label_embedding(tiny):
     cond = dict(cfg)
     cond["class_cond"] = True
     with pytest.raises(ConversionError, match="label_emb/embedding"):
-        adm.convert_torch_state_dict(_state(fx), cond)
+        convert_keys.convert_adm_state_dict(_state(fx), cond)
 
 
 # ----------------------------------------------------------------------------------------------- other options
@@ -205,7 +208,7 @@ def test_torch_names_of_conv_resampling_and_labels():
         "out.2.weight": (3, 3, 32, 3),
     }
     for key, shape in expected.items():
-        path = adm.torch_key_to_path(key)
+        path = convert_keys.adm_torch_key_to_path(key)
         assert path in flat, f"{key} -> {path} not in the model"
         assert tuple(flat[path].shape) == shape, key
 

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from deqir_jax import convert_keys
 from deqir_jax.models import ddpm
 from ircore.torch_convert import ConversionError
 from conftest import REPO_ROOT
@@ -88,7 +89,7 @@ def analytic_param_count(cfg: dict) -> int:
 def tiny(load_fixture):
     fx = load_fixture(FIXTURE)
     cfg = _model_cfg(fx.meta)
-    params = ddpm.convert_torch_state_dict(_torch_state(fx), cfg)
+    params = convert_keys.convert_ddpm_state_dict(_torch_state(fx), cfg)
     model = ddpm.model_from_config(cfg)
     run = jax.jit(lambda p, x, t: ddpm.apply_with_activations(model, p, x, t))
     x = jnp.asarray(fx["x"].transpose(0, 2, 3, 1))
@@ -158,19 +159,10 @@ def test_converter_is_strict(load_fixture):
     missing = dict(state)
     del missing["mid.attn_1.q.weight"]
     with pytest.raises(ConversionError, match="mid_attn_1/q/kernel"):
-        ddpm.convert_torch_state_dict(missing, cfg)
+        convert_keys.convert_ddpm_state_dict(missing, cfg)
     extra = {**state, "logvar": np.zeros(1000, np.float32)}
     with pytest.raises(ConversionError, match="logvar"):
-        ddpm.convert_torch_state_dict(extra, cfg)
-
-
-def test_torch_key_to_path_examples():
-    assert ddpm.torch_key_to_path("temb.dense.1.weight") == ("temb_dense_1", "kernel")
-    assert ddpm.torch_key_to_path("down.2.block.1.norm1.weight") == ("down_2_block_1", "norm1", "gn", "scale")
-    assert ddpm.torch_key_to_path("up.3.attn.2.proj_out.bias") == ("up_3_attn_2", "proj_out", "bias")
-    assert ddpm.torch_key_to_path("down.0.downsample.conv.weight") == ("down_0_downsample", "conv", "kernel")
-    assert ddpm.torch_key_to_path("mid.block_2.nin_shortcut.weight") == ("mid_block_2", "nin_shortcut", "kernel")
-    assert ddpm.torch_key_to_path("norm_out.bias") == ("norm_out", "gn", "bias")
+        convert_keys.convert_ddpm_state_dict(extra, cfg)
 
 
 def _released_config():

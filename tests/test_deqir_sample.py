@@ -1,4 +1,4 @@
-"""DeqIR's one-call restore and the ``deqir_jax.sample`` CLI on a tiny prior and a real photo."""
+"""The ``deqir_jax.sample`` CLI (``restore_images``) on a tiny prior and a real photo."""
 from __future__ import annotations
 
 import json
@@ -6,59 +6,18 @@ import pathlib
 import subprocess
 import sys
 
-import jax
 import ml_collections
 import numpy as np
 import pytest
 from skimage import data as skdata
 from PIL import Image
 
-from deqir_fixture_utils import SAMPLING_CASES, load_sampling_case, load_tiny_unet, nhwc, parse_tol
-from deqir_jax import restore as restore_lib
+from deqir_fixture_utils import load_tiny_unet
 from deqir_jax import sample
-from deqir_jax.solver_settings import OFFICIAL_ANDERSON, SolverSettings
 from deqir_jax.models import adm
-from ircore import checkpoints, mesh
+from ircore import checkpoints
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def test_restore_parallel_equals_sequential_on_fixture(load_fixture):
-    """The fixed point reached by restore() (Picard, T evaluations) is the sequential chain (fixture sr2)."""
-    case = load_sampling_case(load_fixture, SAMPLING_CASES[0])
-    atol = parse_tol(case.meta["tolerance"]["converged fixed point vs seq/states"])
-    eps_fn = lambda x, t: case.eps_apply(case.params, x, t)  # noqa: E731
-    common = dict(timesteps=case.T, nw=case.nw, etw=case.etw)
-    exact = SolverSettings(method="picard", tol=0.0, max_iter=case.T, stop="residual", row_tol=0.0)
-    par = restore_lib.RestoreSettings(sampler="parallel", solver=exact, **common)
-    seq = restore_lib.RestoreSettings(sampler="sequential", **common)
-    run = jax.jit(lambda s, *a: restore_lib.restore(eps_fn, *a, s), static_argnums=0)
-    out_p = run(par, case.op, case.y, case.x_T, case.z)
-    out_s = run(seq, case.op, case.y, case.x_T, case.z)
-    assert int(out_p.n_evals) == case.T
-    np.testing.assert_allclose(np.asarray(out_s.states), nhwc(case.fx["seq/states"]), atol=atol)
-    np.testing.assert_allclose(np.asarray(out_p.x0), np.asarray(out_s.x0), atol=atol)
-    assert int(out_p.image_evals) == case.T * case.T and int(out_s.image_evals) == case.T
-
-
-def test_restore_sharded_over_8_devices_equals_one_device(load_fixture):
-    case = load_sampling_case(load_fixture, SAMPLING_CASES[0])
-    eps_fn = lambda x, t: case.eps_apply(case.params, x, t)  # noqa: E731
-    # the default solver (triangular Anderson, x0 stop), the same on a window of T/2 rows, the official Anderson
-    for solver in (SolverSettings(max_iter=6), SolverSettings(max_iter=6, window=max(case.T // 2, 1)),
-                   OFFICIAL_ANDERSON):
-        _check_one_vs_eight(case, eps_fn, restore_lib.RestoreSettings(timesteps=case.T, nw=case.nw, etw=case.etw,
-                                                                       solver=solver))
-
-
-def _check_one_vs_eight(case, eps_fn, settings):
-    one = mesh.time_sharding(mesh.make_mesh(devices=jax.devices()[:1]))
-    eight = mesh.time_sharding(mesh.make_mesh(devices=jax.devices()[:8]))
-    assert len(jax.devices()) >= 8
-    outs = [jax.jit(lambda *a, s=s: restore_lib.restore(eps_fn, *a, settings, sharding=s))(
-        case.op, case.y, case.x_T, case.z) for s in (one, eight)]
-    np.testing.assert_allclose(np.asarray(outs[0].states), np.asarray(outs[1].states), atol=1e-4)
-    assert int(outs[0].n_evals) == int(outs[1].n_evals)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +57,7 @@ def _config(tiny_prior, photo, out, **over) -> ml_collections.ConfigDict:
 def test_sample_writes_every_output(tiny_prior, tmp_path):
     photo = _photo(tmp_path, tiny_prior[2])
     cfg = _config(tiny_prior, photo, tmp_path / "out", **{"solver.max_iter": 12})
-    (record,) = sample.restore_files(cfg, progress=False)
+    (record,) = sample.restore_images(cfg, progress=False)
     folder = tmp_path / "out" / "astronaut"
     for name in ("restored.png", "measurement.png", "reference.png", "metrics.json", "convergence.png"):
         assert (folder / name).is_file(), name
@@ -114,14 +73,14 @@ def test_sample_writes_every_output(tiny_prior, tmp_path):
     # Range-space consistency: the DDNM rectification makes A x0 = y up to float error.
     assert record["consistency_l2"] < 1e-2
     with pytest.raises(FileExistsError, match="overwrite"):
-        sample.restore_files(cfg, progress=False)
+        sample.restore_images(cfg, progress=False)
 
 
 def test_sample_sequential_and_parallel_agree(tiny_prior, tmp_path):
     """With Picard and T evaluations the parallel solver returns exactly the sequential chain."""
     photo = _photo(tmp_path, tiny_prior[2])
-    seq = sample.restore_files(_config(tiny_prior, photo, tmp_path / "s", sampler="sequential"), progress=False)[0]
-    par = sample.restore_files(_config(tiny_prior, photo, tmp_path / "p", **{
+    seq = sample.restore_images(_config(tiny_prior, photo, tmp_path / "s", sampler="sequential"), progress=False)[0]
+    par = sample.restore_images(_config(tiny_prior, photo, tmp_path / "p", **{
         "solver.method": "picard", "solver.tol": 0.0, "solver.max_iter": 10, "solver.stop": "residual",
         "solver.row_tol": 0.0}), progress=False)[0]
     a = np.asarray(Image.open(tmp_path / "s/astronaut/restored.png"), np.int32)
@@ -139,7 +98,7 @@ def test_sample_with_init_opt_records_the_optimisation(tiny_prior, tmp_path):
     cfg = _config(tiny_prior, photo, tmp_path / "io", **{
         "init_opt.steps": 3, "init_opt.gradient": "phantom", "init_opt.loss": "measurement",
         "init_opt.learning_rate": 1e-2, "init_opt.early_stop": 0.0})
-    (record,) = sample.restore_files(cfg, progress=False)
+    (record,) = sample.restore_images(cfg, progress=False)
     opt = record["init_opt"]
     assert opt["epochs"] == 3 and len(opt["losses"]) == 3
     assert opt["best_loss"] == pytest.approx(min(opt["losses"]))
@@ -153,14 +112,14 @@ def test_sample_takes_a_given_low_resolution_measurement(tiny_prior, tmp_path):
     lr = tmp_path / "lr.png"
     Image.fromarray(skdata.astronaut()).resize((size // 2, size // 2), Image.BICUBIC).save(lr)
     cfg = _config(tiny_prior, lr, tmp_path / "m", input_is_measurement=True, sampler="sequential")
-    (record,) = sample.restore_files(cfg, progress=False)
+    (record,) = sample.restore_images(cfg, progress=False)
     assert "psnr" not in record  # no reference given
     assert Image.open(tmp_path / "m/lr/restored.png").size == (size, size)
     assert record["consistency_l2"] < 1e-2
     wrong = tmp_path / "wrong.png"
     Image.fromarray(skdata.astronaut()).resize((size // 2 + 1, size // 2), Image.BICUBIC).save(wrong)
     with pytest.raises(ValueError, match="expects"):
-        sample.restore_files(_config(tiny_prior, wrong, tmp_path / "w", input_is_measurement=True), progress=False)
+        sample.restore_images(_config(tiny_prior, wrong, tmp_path / "w", input_is_measurement=True), progress=False)
 
 
 def test_sample_errors_are_one_line(tiny_prior, tmp_path):
@@ -168,14 +127,14 @@ def test_sample_errors_are_one_line(tiny_prior, tmp_path):
     cfg = _config(tiny_prior, photo, tmp_path / "o")
     cfg.checkpoint = str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        sample.restore_files(cfg, progress=False)
+        sample.restore_images(cfg, progress=False)
     cfg = _config(tiny_prior, tmp_path / "missing.png", tmp_path / "o")
     with pytest.raises(FileNotFoundError, match="missing.png"):
-        sample.restore_files(cfg, progress=False)
+        sample.restore_images(cfg, progress=False)
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
     with pytest.raises(ValueError, match="bad.png"):
-        sample.restore_files(_config(tiny_prior, bad, tmp_path / "o"), progress=False)
+        sample.restore_images(_config(tiny_prior, bad, tmp_path / "o"), progress=False)
 
 
 def test_sample_cli(tiny_prior, tmp_path):

@@ -1,10 +1,10 @@
 """DeqIR parallel sampling against the official PyTorch fixtures ``deqir/deqir_sampling_*``.
 
 For each case (operator, eps model, nw/etw, T and tolerances all from the sidecar):
-coefficients and the map on ``map/init_states`` / ``seq/states``; the sequential DDIM + DDNM sampler;
+coefficients and the map on ``map/init_states`` / ``seq/states``;
 plain Picard iteration (exact after T evaluations); a tight Anderson solve (fixed point = sequential
-trajectory); the official 15-evaluation Anderson run (evaluation count, first residuals); DDNM's
-official x_0 for the eta = 0 case.
+trajectory); the official 15-evaluation Anderson run (evaluation count, first residuals). The sequential
+DDIM + DDNM sampler itself (and DDNM's official x_0 for the eta = 0 case): tests/test_sequential.py.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from deqir_fixture_utils import SAMPLING_CASES, load_sampling_case, load_tiny_unet, maxabs, nhwc, parse_tol
-from deqir_jax import anderson, fixed_point as fp, sequential
+from deqir_jax import anderson, fixed_point as fp
 from deqir_jax.solver_settings import OFFICIAL_ANDERSON
 
 TIGHT_MAX_ITER_KEY = "anderson_tight/abs_residual"
@@ -78,12 +78,6 @@ def _map(eps_apply, params, op, coefs, X):
     return fp.deq_map(lambda x, t: eps_apply(params, x, t), op, coefs, X)
 
 
-@partial(jax.jit, static_argnums=(0,))
-def _sequential(eps_apply, params, op, x_T, y, z, t, at, at_next, nw, etw):
-    return sequential.sequential_sample(lambda x, tt: eps_apply(params, x, tt), op, x_T, y, z, t, at, at_next,
-                                        nw=nw, etw=etw)
-
-
 @partial(jax.jit, static_argnums=(0, 1, 2, 3))
 def _solve(eps_apply, kind, max_iter, mixing, params, op, coefs, x0, tol):
     """Picard, or Anderson with ``mixing`` = (m, lam, beta) (the sidecar's ``anderson_settings``)."""
@@ -140,19 +134,6 @@ def test_map_matches_official(case):
     assert err_init < atol and err_seq < atol
     # the sequential trajectory is (up to float error) a fixed point of the map
     assert maxabs(f_seq, nhwc(fx["seq/states"])) < atol
-
-
-def test_sequential_sampler_matches_official(case):
-    c, fx = case, case.fx
-    atol = _map_atol(c.meta)
-    out = _sequential(c.eps_apply, c.params, c.op, c.x_T, c.y, c.z, c.t, c.at, c.at_next, c.nw, c.etw)
-    assert out.states.shape == (c.T,) + c.x_T.shape
-    err = {k: maxabs(getattr(out, k)[:, 0], nhwc(fx[f"seq/{k}"])) for k in ("states", "eps", "x0_hat")}
-    print(f"{c.meta['file']}: sequential {err} (atol {atol:.0e})")
-    assert max(err.values()) < atol
-    assert maxabs(out.x0, out.states[-1]) == 0.0
-    if "ddnm_official/x0" in fx:  # eta = 0: DDNM's own sampler
-        assert maxabs(out.x0, nhwc(fx["ddnm_official/x0"])) < atol
 
 
 @pytest.mark.parametrize("name", SOLVER_CASES)

@@ -583,3 +583,41 @@ def test_closed_forms_on_photo(photo):
     start = k.size // 2 + 1  # output r is centred on pixel 1 + 2 r (official stride//2 + stride*r)
     ref = conv[start : start + size : 2, start : start + size : 2]
     assert _maxabs(exact.A(photo)[0], ref) < 1e-5
+
+
+# ----------------------------------------------------------------------------------------- pictures of y
+def _picture_ops(size=16):
+    return {
+        "sr_averagepooling": ops.make_operator("sr_averagepooling", size, factor=2),
+        "deblur_gauss": ops.make_operator("deblur_gauss", size),
+        "colorization": ops.make_operator("colorization", size),
+        "inpainting": ops.make_operator("inpainting", size, mask=(np.arange(size) % 2 == 0)[:, None]
+                                        * np.ones((size, size))),
+        "cs_walshhadamard": ops.make_operator("cs_walshhadamard", size),
+    }
+
+
+def test_measurement_pictures_round_trip():
+    """op.measurement_image(y) is what a person sees (y, grey as RGB, or A^+ y for vectors); for every
+    operator whose measurements are pictures, op.measurement_from_image(picture) gives y back."""
+    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (1, 16, 16, 3)), jnp.float32)
+    for name, op in _picture_ops().items():
+        y = op.A(x)
+        picture = op.measurement_image(y)
+        assert picture.ndim == 4 and picture.shape[-1] == 3, name
+        if op.y_layout == "vector":
+            np.testing.assert_allclose(picture, np.asarray(op.A_pinv(y)), atol=1e-6, err_msg=name)
+        if name == "cs_walshhadamard":
+            with pytest.raises(ValueError, match="cannot be given as an image"):
+                op.measurement_from_image(picture)
+            continue
+        back = op.measurement_from_image(picture)
+        np.testing.assert_allclose(np.asarray(back), np.asarray(y), atol=1e-5, err_msg=name)
+
+
+def test_measurement_picture_of_the_wrong_size_is_a_one_line_error():
+    ops_ = _picture_ops()
+    with pytest.raises(ValueError, match="measurement image is 9x8, sr_averagepooling expects 8x8"):
+        ops_["sr_averagepooling"].measurement_from_image(np.zeros((1, 9, 8, 3), np.float32))
+    with pytest.raises(ValueError, match="measurement image is 8x8, inpainting expects 16x16"):
+        ops_["inpainting"].measurement_from_image(np.zeros((1, 8, 8, 3), np.float32))

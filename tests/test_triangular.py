@@ -174,22 +174,3 @@ def test_triangular_solve_rejects_bad_shapes():
         triangular_solve(eval_rows, combine, x, jnp.ones(T), window=13, **common)
     with pytest.raises(ValueError, match="warm_start must be in 0..12"):
         triangular_solve(eval_rows, combine, x, jnp.ones(T), window=2, warm_start=13, **common)
-
-
-def test_presets_hold_the_library_defaults():
-    """One default everywhere: every preset's solver and x_T-optimisation settings are the library's."""
-    import pathlib
-
-    from deqir_jax import init_opt
-    from deqir_jax.sample import init_opt_from_config, settings_from_config
-    from ircore.config_utils import load_config_file
-
-    root = pathlib.Path(__file__).resolve().parents[1] / "configs" / "deqir"
-    for preset in sorted(p for p in root.glob("*.py") if p.name not in ("base.py", "embedded_prior.py")):
-        cfg = load_config_file(preset, "embedded")
-        assert sorted(cfg.solver.keys()) == sorted(f.name for f in dataclasses.fields(SolverSettings))
-        assert settings_from_config(cfg).solver == DEFAULT, preset.name
-        cfg.init_opt.steps = 1  # (0 = off: no InitOptConfig is built)
-        opt = init_opt_from_config(cfg)
-        assert opt.solver == solver_settings.OFFICIAL_INVERSION
-        assert opt.gradient == init_opt.InitOptConfig().gradient

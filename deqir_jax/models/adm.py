@@ -3,7 +3,8 @@
 Structure and numbers follow openai/guided-diffusion ``unet.py`` (``UNetModel``); the layers live in
 :mod:`ircore.layers`. Activations are NHWC; the output is always float32.
 
-Parameter tree (PyTorch name -> Flax path; a ``.N`` list index is joined to its parent with ``_``)::
+Parameter tree (PyTorch name -> Flax path, :func:`deqir_jax.convert_keys.adm_torch_key_to_path`; a ``.N`` list
+index is joined to its parent with ``_``)::
 
     time_embed.0 / time_embed.2          -> time_embed_0 / time_embed_2         (Dense)
     label_emb                            -> label_emb                           (Embed, class_cond only)
@@ -26,22 +27,19 @@ Intermediates: every call ``sow``s into the ``"intermediates"`` collection ``tem
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from flax import linen as nn
 
-from ircore import layers, torch_convert
+from ircore import layers
 
 Dtype = Any
 ConfigLike = ml_collections.ConfigDict | Mapping[str, Any]
 
 NUM_CLASSES = 1000  # guided-diffusion's class-conditional models are ImageNet-1k
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 DEFAULT_CHANNEL_MULT = {
     512: (0.5, 1, 1, 2, 2, 4, 4),
     256: (1, 1, 2, 2, 4, 4),
@@ -316,8 +314,8 @@ def model_from_config(cfg: ConfigLike) -> UNetModel:
     c = {**CONFIG_FIELDS, **OPTIONAL_FIELDS, **given}
     if c["arch"] != "adm":
         raise ValueError(f"deqir_jax.models.adm builds arch 'adm', got {c['arch']!r}")
-    if c["dtype"] not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {c['dtype']!r}")
+    if c["dtype"] not in layers.DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(layers.DTYPES)}, got {c['dtype']!r}")
     image_size = int(c["image_size"])
     return UNetModel(
         image_size=image_size,
@@ -336,7 +334,7 @@ def model_from_config(cfg: ConfigLike) -> UNetModel:
         use_scale_shift_norm=bool(c["use_scale_shift_norm"]),
         resblock_updown=bool(c["resblock_updown"]),
         use_new_attention_order=bool(c["use_new_attention_order"]),
-        dtype=DTYPES[c["dtype"]],
+        dtype=layers.DTYPES[c["dtype"]],
     )
 
 
@@ -361,53 +359,7 @@ def init_params_shapes(cfg: ConfigLike) -> Any:
 param_shapes = init_params_shapes  # same name as deqir_jax.models.ddpm
 
 
-# ----------------------------------------------------------------------------------------------- torch
-_NORM_MODULES = {"norm", "in_layers_0", "out_layers_0", "out_0"}
-
-
-def torch_key_to_path(key: str) -> tuple[str, ...] | None:
-    """guided-diffusion ``UNetModel`` state-dict key -> Flax parameter path.
-
-    Every ``.N`` index is joined to the name before it: ``input_blocks.1.0.in_layers.2.weight`` ->
-    ``("input_blocks_1_0", "in_layers_2", "kernel")``. ``weight`` becomes ``scale`` for GroupNorms,
-    ``embedding`` for ``label_emb`` and ``kernel`` otherwise. The model has no buffers, so no key maps to
-    ``None``; a key the model lacks maps to a path that does not exist and the strict converter reports it.
-    """
-    parts = key.split(".")
-    module: list[str] = []
-    for part in parts[:-1]:
-        if part.isdigit() and module:
-            module[-1] = f"{module[-1]}_{part}"
-        else:
-            module.append(part)
-    leaf = parts[-1]
-    if leaf == "weight":
-        last = module[-1] if module else ""
-        leaf = "scale" if last in _NORM_MODULES else "embedding" if last == "label_emb" else "kernel"
-    return (*module, leaf)
-
-
-def convert_torch_state_dict(
-    state: Mapping[str, np.ndarray] | str | os.PathLike, cfg: ConfigLike
-) -> dict:
-    """Maps a guided-diffusion state dict (or a ``.pt``/``.npz`` path) onto float32 Flax params, strictly.
-
-    Returns the bare parameter tree for ``model.apply({"params": params}, ...)``. Raises
-    :class:`ircore.torch_convert.ConversionError` naming every unused key, missing parameter and shape
-    mismatch.
-    """
-    if isinstance(state, (str, os.PathLike)):
-        state = torch_convert.load_torch_state_dict(state)
-    return torch_convert.convert_state_dict(state, init_params_shapes(cfg), torch_key_to_path)
-
-
-def count_params(params: Any) -> int:
-    """Number of scalars in a parameter tree."""
-    return layers.count_params(params)
-
-
 __all__: Sequence[str] = (
     "UNetModel", "apply_with_activations", "model_from_config", "init_params_shapes", "param_shapes",
-    "torch_key_to_path", "convert_torch_state_dict", "guided_diffusion_model_config",
-    "config_from_create_model_kwargs", "channel_mult_for", "attention_rates", "count_params",
+    "guided_diffusion_model_config", "config_from_create_model_kwargs", "channel_mult_for", "attention_rates",
 )

@@ -24,7 +24,6 @@ name (e.g. ``"down.1.attn.0"``); :func:`apply_with_activations` returns them as 
 from __future__ import annotations
 
 import math
-import re
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -33,7 +32,6 @@ import ml_collections
 import numpy as np
 from flax import linen as nn
 
-from ircore import torch_convert
 
 Dtype = Any
 
@@ -307,47 +305,3 @@ def param_shapes(cfg: ml_collections.ConfigDict | Mapping[str, Any]) -> Any:
     ]
 
 
-# ----------------------------------------------------------------------------------------------- torch
-_NORM_NAMES = {"norm", "norm1", "norm2", "norm_out"}
-_TOP = re.compile(
-    r"^(?:(?P<temb>temb\.dense\.\d+)"
-    r"|(?P<path>(?:down|up)\.\d+\.(?:block|attn)\.\d+)\.(?P<sub>\w+)"
-    r"|(?P<resamp>(?:down\.\d+\.downsample|up\.\d+\.upsample))\.conv"
-    r"|(?P<mid>mid\.(?:block_1|attn_1|block_2))\.(?P<midsub>\w+)"
-    r"|(?P<single>conv_in|norm_out|conv_out))"
-    r"\.(?P<leaf>weight|bias)$"
-)
-
-
-def torch_key_to_path(key: str) -> tuple[str, ...] | None:
-    """PyTorch ``state_dict`` key of the DDIM ``Model`` -> Flax parameter path.
-
-    ``down.1.block.0.conv1.weight`` -> ``("down_1_block_0", "conv1", "kernel")``; norm weights become
-    ``scale`` under the private ``gn`` GroupNorm. Unknown keys map to a path that does not exist (so the
-    strict converter lists them as unused); there are no buffers to ignore.
-    """
-    match = _TOP.match(key)
-    if match is None:
-        return ("<unknown>", key)
-    leaf = match["leaf"]
-    if match["temb"]:
-        return (match["temb"].replace(".", "_"), "kernel" if leaf == "weight" else "bias")
-    if match["resamp"]:
-        return (match["resamp"].replace(".", "_"), "conv", "kernel" if leaf == "weight" else "bias")
-    if match["single"]:
-        name = match["single"]
-        if name in _NORM_NAMES:
-            return (name, "gn", "scale" if leaf == "weight" else "bias")
-        return (name, "kernel" if leaf == "weight" else "bias")
-    top, sub = (match["path"], match["sub"]) if match["path"] else (match["mid"], match["midsub"])
-    top = top.replace(".", "_")
-    if sub in _NORM_NAMES:
-        return (top, sub, "gn", "scale" if leaf == "weight" else "bias")
-    return (top, sub, "kernel" if leaf == "weight" else "bias")
-
-
-def convert_torch_state_dict(
-    state: Mapping[str, np.ndarray], cfg: ml_collections.ConfigDict | Mapping[str, Any]
-) -> dict:
-    """Maps an official ``Model`` state dict (e.g. ``celeba_hq.ckpt``) onto float32 Flax params, strictly."""
-    return torch_convert.convert_state_dict(state, param_shapes(cfg), torch_key_to_path)
