@@ -344,27 +344,21 @@ def restore_lq_images(
     return _restore_lq_inputs(cfg, restorer, out_dir, networks, progress=progress, log=log)
 
 
-def _define_config_flag(argv: list[str]) -> None:
-    """``--config`` (locked: an unknown ``--config.x`` is a one-line error naming it)."""
-    from ml_collections import config_flags
-
-    default = str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else None
-    try:
-        config_flags.DEFINE_config_file("config", default, "ResShift config file (configs/resshift/*.py); "
-                                        "default: the embedded x4 model", sys_argv=argv)
-    except (AttributeError, KeyError) as err:
-        text: Any = err
-        while isinstance(text, BaseException) and text.args:  # ml_collections wraps a KeyError
-            text = text.args[0]
-        first, _, hint = str(text).partition("\n")
-        name = first.strip("'\" ")
-        given = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")]
-        dotted = next((g for g in given if g.rsplit(".", 1)[-1] == name), f"--config.{name}")
-        raise SampleError(f"unknown config field {dotted}" + (f" ({hint.strip()})" if hint.strip() else "")) from None
+def _unknown_field(err: BaseException, argv: list[str]) -> str:
+    """The one-line message for ml_collections' refusal of a ``--config.<field>`` the locked config lacks."""
+    text: Any = err
+    while isinstance(text, BaseException) and text.args:  # ml_collections wraps a KeyError
+        text = text.args[0]
+    first, _, hint = str(text).partition("\n")
+    name = first.strip("'\" ")
+    given = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    dotted = next((g for g in given if g.rsplit(".", 1)[-1] == name), f"--config.{name}")
+    return f"unknown config field {dotted}" + (f" ({hint.strip()})" if hint.strip() else "")
 
 
 def main(argv: list[str] | None = None) -> None:
     from absl import app, flags
+    from ml_collections import config_flags
 
     argv = sys.argv if argv is None else argv
 
@@ -372,10 +366,20 @@ def main(argv: list[str] | None = None) -> None:
         print(f"resshift_jax.sample: error: {' '.join(str(message).split())}", file=sys.stderr)
         sys.exit(1)
 
-    try:
-        _define_config_flag(argv)
-    except SampleError as err:
-        fail(str(err))
+    def parse(args: list[str]) -> list[str]:  # the config is locked: ml_collections refuses unknown fields
+        try:
+            return flags.FLAGS(args)
+        except (AttributeError, KeyError) as err:
+            fail(_unknown_field(err, args))
+        except flags.Error as err:  # e.g. a value of the wrong type
+            fail(str(err))
+
+    default = str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else None
+    try:  # the default config is parsed (with the overrides) already here
+        config_flags.DEFINE_config_file("config", default, "ResShift config file (configs/resshift/*.py); "
+                                        "default: the embedded x4 model", sys_argv=argv)
+    except (AttributeError, KeyError) as err:
+        fail(_unknown_field(err, argv))
 
     def run(args):
         from absl import logging
@@ -403,7 +407,7 @@ def main(argv: list[str] | None = None) -> None:
         pngs = [p for p in result["written"] if p.suffix == ".png"]
         print(f"wrote {len(pngs)} image(s) to {result['folder']}")
 
-    app.run(run, argv=argv)
+    app.run(run, argv=argv, flags_parser=parse)
 
 
 if __name__ == "__main__":
