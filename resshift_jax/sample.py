@@ -38,7 +38,7 @@ import pathlib
 import sys
 import time
 import zlib
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, NoReturn, Optional
 
 import jax
 import ml_collections
@@ -356,58 +356,68 @@ def _unknown_field(err: BaseException, argv: list[str]) -> str:
     return f"unknown config field {dotted}" + (f" ({hint.strip()})" if hint.strip() else "")
 
 
-def main(argv: list[str] | None = None) -> None:
-    from absl import app, flags
+def summary(result: dict[str, Any]) -> list[str]:
+    """The lines the command prints for a :func:`restore_lq_images` result."""
+    if "metrics" in result:
+        record = result["metrics"]
+        r, b = record["restored"], record["bicubic"]
+        return [f"{record['image']}: x{record['sf']} in {record['wall_time_s']:.1f} s, PSNR {r['psnr']:.2f} dB "
+                f"SSIM {r['ssim']:.4f} (bicubic {b['psnr']:.2f} dB / {b['ssim']:.4f})",
+                f"results in {record['folder']}"]
+    lines = [f"{name}: PSNR {score['psnr']:.2f} dB SSIM {score['ssim']:.4f}"
+             for name, score in result["scores"].items()]
+    pngs = [p for p in result["written"] if p.suffix == ".png"]
+    return lines + [f"wrote {len(pngs)} image(s) to {result['folder']}"]
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"resshift_jax.sample: error: {' '.join(str(message).split())}", file=sys.stderr)
+    sys.exit(1)
+
+
+def _define_config_flag(argv: list[str]) -> None:
+    """``--config``, locked: ml_collections refuses an unknown or mistyped ``--config.<field>`` (one line here)."""
     from ml_collections import config_flags
-
-    argv = sys.argv if argv is None else argv
-
-    def fail(message: str) -> None:
-        print(f"resshift_jax.sample: error: {' '.join(str(message).split())}", file=sys.stderr)
-        sys.exit(1)
-
-    def parse(args: list[str]) -> list[str]:  # the config is locked: ml_collections refuses unknown fields
-        try:
-            return flags.FLAGS(args)
-        except (AttributeError, KeyError) as err:
-            fail(_unknown_field(err, args))
-        except flags.Error as err:  # e.g. a value of the wrong type
-            fail(str(err))
 
     default = str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else None
     try:  # the default config is parsed (with the overrides) already here
         config_flags.DEFINE_config_file("config", default, "ResShift config file (configs/resshift/*.py); "
                                         "default: the embedded x4 model", sys_argv=argv)
     except (AttributeError, KeyError) as err:
-        fail(_unknown_field(err, argv))
+        _fail(_unknown_field(err, argv))
+
+
+def _parse_flags(args: list[str]) -> list[str]:
+    from absl import flags
+
+    try:
+        return flags.FLAGS(args)
+    except (AttributeError, KeyError) as err:
+        _fail(_unknown_field(err, args))
+    except flags.Error as err:  # e.g. a value of the wrong type
+        _fail(str(err))
+
+
+def main(argv: list[str] | None = None) -> None:
+    from absl import app, flags, logging
+
+    argv = sys.argv if argv is None else argv
+    _define_config_flag(argv)
 
     def run(args):
-        from absl import logging
-
         logging.set_verbosity(logging.ERROR)  # orbax reports every item it does not restore as a warning
         if len(args) > 1:
-            fail(f"unexpected argument(s) {' '.join(args[1:])} (write --config.FIELD=VALUE, with '=')")
-        cfg = flags.FLAGS.config
-        if cfg is None:
+            _fail(f"unexpected argument(s) {' '.join(args[1:])} (write --config.FIELD=VALUE, with '=')")
+        if flags.FLAGS.config is None:
             raise app.UsageError(f"no --config given and the default {DEFAULT_CONFIG} is not here (the package "
                                  "was installed without its repository): pass --config configs/resshift/<model>.py")
         try:
-            result = restore_lq_images(cfg, log=lambda msg: print(msg, file=sys.stderr))
+            result = restore_lq_images(flags.FLAGS.config, log=lambda msg: print(msg, file=sys.stderr))
         except (SampleError, FileNotFoundError, ValueError) as err:
-            fail(str(err))
-        if "metrics" in result:
-            record = result["metrics"]
-            r, b = record["restored"], record["bicubic"]
-            print(f"{record['image']}: x{record['sf']} in {record['wall_time_s']:.1f} s, PSNR {r['psnr']:.2f} dB "
-                  f"SSIM {r['ssim']:.4f} (bicubic {b['psnr']:.2f} dB / {b['ssim']:.4f})")
-            print(f"results in {record['folder']}")
-            return
-        for name, score in result["scores"].items():
-            print(f"{name}: PSNR {score['psnr']:.2f} dB SSIM {score['ssim']:.4f}")
-        pngs = [p for p in result["written"] if p.suffix == ".png"]
-        print(f"wrote {len(pngs)} image(s) to {result['folder']}")
+            _fail(str(err))
+        print("\n".join(summary(result)))
 
-    app.run(run, argv=argv, flags_parser=parse)
+    app.run(run, argv=argv, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":
