@@ -62,11 +62,9 @@ def timed(fn, *args, repeats: int = 1):
     return out, compile_s, best
 
 
-def resshift_call(lq, nets, cfg, key):
+def resshift_call(lq, nets, restorer, key):
     """(restored, first-call seconds incl. compilation, second-call seconds)."""
-    run = lambda: np.asarray(jax.block_until_ready(rsample.pipeline.restore_image(  # noqa: E731
-        lq, nets[0], nets[1], cfg, key, tile_size=cfg.tile_size, tile_overlap=cfg.tile_overlap,
-        batch_size=cfg.batch_size, weighting=cfg.tile_weighting, dtype=cfg.dtype)))
+    run = lambda: np.asarray(jax.block_until_ready(restorer(lq, nets[0], nets[1], key)))  # noqa: E731
     start = time.perf_counter()
     run()
     first = time.perf_counter() - start
@@ -95,10 +93,11 @@ def main() -> None:
         if t not in DEQIR_TASKS:
             raise SystemExit(f"error: unknown task {t!r}; expected some of {', '.join(DEQIR_TASKS)}")
 
-    rcfg = rsample.with_sample_fields(load_config_file(REPO / "configs/resshift/embedded_x4.py"))
+    rcfg = load_config_file(REPO / "configs/resshift/embedded_x4.py")
     if args.resshift_unet:
         rcfg.unet_checkpoint = args.resshift_unet
     rnets = rsample.load_networks(rcfg)
+    restorer = rsample.pipeline.make_restorer(rcfg)
     sf = int(rcfg.diffusion.sf)
     rows, full_rows = [], []
     deqir_params = None
@@ -128,7 +127,7 @@ def main() -> None:
                 lq = np.asarray(y)
                 bic = np.asarray(resize.interpolate_bicubic(lq, scale_factor=4.0))
                 rows.append({**base, "method": "bicubic", **rsample.image_scores(bic, x), "nfe": 0, "run_s": 0.0})
-                out, first, second = resshift_call(lq, rnets, rcfg, rsample.image_key(rcfg.seed, name))
+                out, first, second = resshift_call(lq, rnets, restorer, rsample.image_key(rcfg.sample.seed, name))
                 rows.append({**base, "method": "resshift", **rsample.image_scores(out, x),
                              "nfe": int(rcfg.diffusion.steps), "run_s": second, "compile_s": max(first - second, 0.0)})
             else:
@@ -154,8 +153,8 @@ def main() -> None:
         for name in names:
             hq = images.read_image(photos.path(name))
             hq = hq[:, : hq.shape[1] // sf * sf, : hq.shape[2] // sf * sf]
-            res = rsample.degrade_and_restore(hq, rcfg, rnets, rsample.image_key(rcfg.seed, name))
-            _, first, second = resshift_call(res["lq"], rnets, rcfg, rsample.image_key(rcfg.seed, name))
+            res = rsample.degrade_and_restore(hq, restorer, rnets, rsample.image_key(rcfg.sample.seed, name))
+            _, first, second = resshift_call(res["lq"], rnets, restorer, rsample.image_key(rcfg.sample.seed, name))
             base = {"photo": name, "task": "sr_x4_full", "size": list(hq.shape[1:3])}
             full_rows.append({**base, "method": "bicubic", **rsample.image_scores(res["bicubic"], res["hq"]), "nfe": 0,
                               "run_s": 0.0})

@@ -11,7 +11,7 @@ A model needs two conversions, one per network::
 keys. The sampler then finds them with ``--config.unet_checkpoint=checkpoints/realsr_x4_v3/unet
 --config.autoencoder_checkpoint=checkpoints/realsr_x4_v3/autoencoder`` (see ``resshift_jax.sample``).
 
-The mapping is strict (the model modules' ``convert_torch_state_dict``): every unused checkpoint key, every
+The mapping is strict (:mod:`resshift_jax.convert_keys`): every unused checkpoint key, every
 missing parameter and every shape mismatch is reported; stored Swin buffers are checked against the
 recomputed ones. :func:`convert_checkpoint` does the same from Python.
 """
@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 
 from ircore import checkpoints, convert_cli, torch_convert
-from resshift_jax.models import unet_swin, vq
+from resshift_jax import convert_keys
 
 PARTS = ("unet", "autoencoder")
 
@@ -54,8 +54,8 @@ def section(config: ml_collections.ConfigDict, part: str) -> ml_collections.Conf
 def convert_state_dict(state: Mapping[str, np.ndarray], config: ml_collections.ConfigDict, part: str) -> dict:
     """State dict -> Flax params of the UNet (``config.model``) or the VQ autoencoder (``config.autoencoder``)."""
     if part == "unet":
-        return unet_swin.convert_torch_state_dict(state, section(config, part))
-    return vq.convert_torch_state_dict(state, section(config, part))
+        return convert_keys.convert_unet_state_dict(state, section(config, part))
+    return convert_keys.convert_vq_state_dict(state, section(config, part))
 
 
 def convert_checkpoint(

@@ -365,7 +365,7 @@ def image_training_loss(
 
 
 # ---------------------------------------------------------------------------------- full pipeline
-def restore(
+def restore_lq(
     model_fn: ModelFn,
     sched: Schedule,
     y: jax.Array,

@@ -1,4 +1,4 @@
-"""One function from an LQ image to the restored image: :func:`restore_image` (SR x4, inpainting, face IR).
+"""From an LQ image to the restored image: :func:`make_restorer` (SR x4, inpainting, face IR).
 
 It does what the official ``ResShiftSampler.inference`` / ``sample_func`` do, for any image size:
 
@@ -12,7 +12,7 @@ It does what the official ``ResShiftSampler.inference`` / ``sample_func`` do, fo
    border); overlapping outputs are averaged uniformly (official) or with Gaussian weights. Tiles are run
    ``batch_size`` at a time in one ``lax.scan`` (:func:`resshift_jax.tiling.tiled_apply`). Official defaults:
    ``tile_size = 512 * (4 // sf)``, overlap ``64 * (4 // sf)`` (chop 512 / stride 448 at x4).
-3. **Per tile** (``diffusion.restore``, the official ``sample_func``): reflect padding at the bottom/right to
+3. **Per tile** (``diffusion.restore_lq``, the official ``sample_func``): reflect padding at the bottom/right to
    a multiple of ``config.padding_offset`` (= the UNet's ``lq_size``; note that PyTorch's reflect padding
    refuses pads >= the side, ``jnp.pad`` reflects again), bicubic x sf, VQ encode, T reverse steps (no x0
    clipping with an autoencoder), VQ decode (quantised), crop, **clamp to [-1, 1]** (as ``sample_func``).
@@ -24,15 +24,15 @@ tile order), split into the prior noise and the T step noises (:func:`draw_noise
 depend on ``batch_size``. For a reproduction run the noises can be given (``noises=``) when one tile covers
 the image.
 
-The jitted function is built once per (config, tiling settings) and cached (:func:`build_restorer`); jax
-compiles it once per input shape. Face restoration (``configs/resshift/faceir.py``) is the same call: the f8
-VQ and sf 1 come from the config.
+Every setting comes from the config: ``model``, ``diffusion``, ``autoencoder``, ``padding_offset`` and the
+``sample`` section (:func:`sample_section`: ``seed``, ``tile_size``, ``tile_overlap``, ``batch_size``,
+``tile_weighting``, ``mask_lq``, ``mask_back``, ``dtype``). :func:`make_restorer` checks them and builds the
+jitted function once; jax compiles it once per input shape. Face restoration (``configs/resshift/faceir.py``)
+is the same call: the f8 VQ and sf 1 come from the config.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 import math
 from typing import Any, Callable, Optional
 
@@ -40,145 +40,56 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from ircore.layers import dtype_by_name
 from resshift_jax import diffusion as dif
+from resshift_jax import networks
 from resshift_jax import schedule as sch
 from resshift_jax import tiling
 from resshift_jax.models import unet_swin, vq
 
 Array = jax.Array
+WEIGHTINGS = ("uniform", "gaussian")
 
 
+# ----------------------------------------------------------------------------------------------- settings
 def default_tiling(sf: int) -> tuple[int, int]:
     """Official chop defaults in LQ pixels: (512 * (4 // sf), 64 * (4 // sf)) -> (512, 64) at x4, (2048, 256) at x1."""
     factor = max(4 // int(sf), 1)
     return 512 * factor, 64 * factor
 
 
-def draw_noises(key: Array, latent_shape: tuple[int, ...], steps: int) -> tuple[Array, Array]:
-    """(noise_T of ``latent_shape``, step noises of (steps,) + ``latent_shape``) from one key, float32."""
-    key_T, key_steps = jax.random.split(key)
-    return (jax.random.normal(key_T, latent_shape, jnp.float32),
-            jax.random.normal(key_steps, (steps,) + tuple(latent_shape), jnp.float32))
+def sample_section(sf: int) -> ml_collections.ConfigDict:
+    """The ``sample`` config section with its defaults for scale factor ``sf`` (the one place they are set).
+
+    ``seed`` (12345, as the official script), ``tile_size`` / ``tile_overlap`` (LQ pixels, :func:`default_tiling`),
+    ``batch_size`` (tiles per network call), ``tile_weighting`` (``uniform`` = official averaging, or
+    ``gaussian``), ``mask_lq`` (set the unknown area of the LQ to -1), ``mask_back`` (paste known pixels back),
+    ``dtype`` (UNet compute dtype: float32 / bfloat16 / float16; parameters stay float32).
+    """
+    tile_size, tile_overlap = default_tiling(sf)
+    return ml_collections.ConfigDict({
+        "seed": 12345, "tile_size": tile_size, "tile_overlap": tile_overlap, "batch_size": 1,
+        "tile_weighting": "uniform", "mask_lq": True, "mask_back": True, "dtype": "float32",
+    })
 
 
-# ----------------------------------------------------------------------------------------------- settings
-@dataclasses.dataclass(frozen=True)
-class RestoreSettings:
-    """Everything that fixes the traced computation (hashable, used as the compile-cache key)."""
-
-    config_json: str
-    tile_size: int
-    tile_overlap: int
-    batch_size: int
-    weighting: str = "uniform"
-    mask_lq: bool = True
-    mask_back: bool = True
-    dtype: str = "float32"
-
-
-def _config_json(cfg: ml_collections.ConfigDict) -> str:
-    for name in ("model", "diffusion", "autoencoder"):
-        if name not in cfg:
-            raise ValueError(f"config has no {name!r} section")
-    parts = {
-        "model": cfg.model.to_dict(),
-        "diffusion": cfg.diffusion.to_dict(),
-        "autoencoder": cfg.autoencoder.to_dict(),
-        "padding_offset": int(cfg.get("padding_offset", cfg.model.get("lq_size", 64))),
-    }
-    return json.dumps(parts, sort_keys=True, default=list)
+def _check_sample(s: Any) -> None:
+    """One-line ValueError naming the first bad field of a ``sample`` section."""
+    for name, low in (("tile_size", 1), ("tile_overlap", 0), ("batch_size", 1)):
+        value = s[name]
+        if isinstance(value, bool) or int(value) != value or value < low:
+            raise ValueError(f"sample.{name} must be an integer >= {low}, got {value!r}")
+    if s.tile_overlap >= s.tile_size:
+        raise ValueError(f"sample.tile_overlap ({s.tile_overlap}) must be smaller than sample.tile_size "
+                         f"({s.tile_size})")
+    if s.tile_weighting not in WEIGHTINGS:
+        raise ValueError(f"sample.tile_weighting must be 'uniform' or 'gaussian', got {s.tile_weighting!r}")
+    try:
+        dtype_by_name(s.dtype)
+    except ValueError as err:
+        raise ValueError(f"sample.dtype: {err}") from None
 
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
-
-def _settings(cfg, tile_size, tile_overlap, batch_size, weighting, mask_lq, mask_back, dtype) -> RestoreSettings:
-    sf = int(cfg.diffusion.sf)
-    default_size, default_overlap = default_tiling(sf)
-    tile_size = default_size if tile_size is None else tile_size
-    tile_overlap = default_overlap if tile_overlap is None else tile_overlap
-    for name, value, low in (("tile_size", tile_size, 1), ("tile_overlap", tile_overlap, 0),
-                             ("batch_size", batch_size, 1)):
-        if int(value) != value or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    if tile_overlap >= tile_size:
-        raise ValueError(f"tile_overlap ({tile_overlap}) must be smaller than tile_size ({tile_size})")
-    if weighting not in ("uniform", "gaussian"):
-        raise ValueError(f"weighting must be 'uniform' or 'gaussian', got {weighting!r}")
-    if dtype is None:
-        dtype = "float32"
-    elif not isinstance(dtype, str):
-        dtype = jnp.dtype(dtype).name
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-    return RestoreSettings(_config_json(cfg), int(tile_size), int(tile_overlap), int(batch_size), weighting,
-                           bool(mask_lq), bool(mask_back), dtype)
-
-
-# ----------------------------------------------------------------------------------------------- builder
-@functools.lru_cache(maxsize=16)
-def build_restorer(settings: RestoreSettings) -> Callable:
-    """The jitted ``fn(unet_params, vq_params, lq, mask, key, noises) -> image`` for these settings."""
-    parts = json.loads(settings.config_json)
-    dtype = _DTYPES[settings.dtype]
-    unet = unet_swin.model_from_config(parts["model"], dtype=dtype)
-    pixel_space = vq.is_pixel_space(parts["autoencoder"])
-    ae = None if pixel_space else vq.model_from_config(parts["autoencoder"])
-    sched = sch.schedule_from_config(parts["diffusion"])
-    offset = parts["padding_offset"]
-    sf, steps = sched.sf, sched.num_timesteps
-    f, channels = (1, unet.in_channels) if pixel_space else (ae.downsampling_factor, ae.embed_dim)
-
-    def fn(unet_params, vq_params, lq, mask, key, noises):
-        batch, height, width, _ = lq.shape
-        if mask is not None:
-            known = (mask.astype(lq.dtype) + 1.0) * 0.5  # 1 = unknown, 0 = known
-            lq_in = lq * (1.0 - known) - known if settings.mask_lq else lq
-            x = jnp.concatenate([lq_in, mask.astype(lq.dtype)], axis=-1)
-        else:
-            x = lq
-
-        def model_fn(x_in, t, cond):
-            y, m = cond
-            y = dif.network_lq(sched, y, pixel_space=pixel_space)
-            return unet.apply({"params": unet_params}, x_in, t, lq=y, mask=m)
-
-        def encode_fn(img):
-            return ae.apply({"params": vq_params}, img, method=vq.VQModel.encode)
-
-        def decode_fn(z):
-            return ae.apply({"params": vq_params}, z, method=vq.VQModel.decode)
-
-        first_stage = (None, None) if pixel_space else (encode_fn, decode_fn)
-
-        def per_tile(tiles, call_index):
-            y, m = (tiles[..., :3], tiles[..., 3:]) if mask is not None else (tiles, None)
-            n_tiles = tiles.shape[0] // batch
-            ph = math.ceil(tiles.shape[1] / offset) * offset
-            pw = math.ceil(tiles.shape[2] / offset) * offset
-            latent = (batch, ph * sf // f, pw * sf // f, channels)
-            if noises is not None:
-                noise_T, step_noises = noises
-            else:
-                drawn = [draw_noises(jax.random.fold_in(key, call_index * settings.batch_size + k), latent, steps)
-                         for k in range(n_tiles)]
-                noise_T = jnp.concatenate([d[0] for d in drawn], axis=0)
-                step_noises = jnp.concatenate([d[1] for d in drawn], axis=1)
-            encode, decode = first_stage
-            return dif.restore(model_fn, sched, y, encode_fn=encode, decode_fn=decode, noise_T=noise_T,
-                               step_noises=step_noises, cond=(y, m), pad_multiple=offset, clamp=True)
-
-        out = tiling.tiled_apply(per_tile, x, tile_size=settings.tile_size, overlap=settings.tile_overlap,
-                                 batch_size=settings.batch_size, weighting=settings.weighting, with_index=True)
-        if mask is not None and settings.mask_back:
-            known = (mask.astype(out.dtype) + 1.0) * 0.5
-            out = out * known + lq.astype(out.dtype) * (1.0 - known)
-        return jnp.clip(out, -1.0, 1.0)
-
-    return jax.jit(fn)
-
-
-# ----------------------------------------------------------------------------------------------- public call
 def check_config(cfg: ml_collections.ConfigDict) -> None:
     """Raises a one-line ValueError when the UNet (``cfg.model``) does not fit the autoencoder and scale factor.
 
@@ -187,6 +98,9 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
     autoencoder's down-sampling factor, 1 in pixel space, where the LQ is first up-sampled by sf), so the LQ
     feature extractor must reduce by ``lq_size / image_size`` = f / sf.
     """
+    for name in ("model", "diffusion", "autoencoder"):
+        if name not in cfg:
+            raise ValueError(f"config has no {name!r} section")
     model = unet_swin.model_from_config(cfg.model)
     sf = int(cfg.diffusion.sf)
     if vq.is_pixel_space(cfg.get("autoencoder")):
@@ -206,75 +120,139 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
             f"model.lq_size = {reduce:g} * model.image_size or use a matching autoencoder")
 
 
-def _check_inputs(lq, mask, cfg, noises, settings: RestoreSettings) -> None:
-    if lq.ndim != 4 or lq.shape[-1] != 3:
-        raise ValueError(f"lq must be an NHWC RGB batch (B, h, w, 3), got shape {tuple(lq.shape)}")
-    cond_mask = bool(cfg.model.get("cond_mask", False))
-    if cond_mask and mask is None:
-        raise ValueError(f"model {cfg.get('name', '')!r} is an inpainting model: pass a mask (1 = unknown)")
-    if mask is not None:
-        if not cond_mask:
-            raise ValueError(f"model {cfg.get('name', '')!r} takes no mask (model.cond_mask is False)")
-        if mask.ndim != 4 or mask.shape[-1] != 1:
-            raise ValueError(f"mask must have shape (B, h, w, 1), got {tuple(mask.shape)}")
-        if tuple(mask.shape[:3]) != tuple(lq.shape[:3]):
-            raise ValueError(f"mask size {tuple(mask.shape[1:3])} does not match the image size "
-                             f"{tuple(lq.shape[1:3])}")
-        if int(cfg.diffusion.sf) != 1 and settings.mask_back:
-            raise ValueError("mask_back needs sf == 1 (inpainting models restore at the input size)")
-    if noises is not None:
-        origins, _, _ = tiling.tile_grid(lq.shape[1], lq.shape[2], settings.tile_size, settings.tile_overlap)
-        if len(origins) != 1:
-            raise ValueError(f"noises can be given only when one tile covers the image; {len(origins)} tiles of "
-                             f"{settings.tile_size} for size {tuple(lq.shape[1:3])}")
+# ----------------------------------------------------------------------------------------------- restorer
+def draw_noises(key: Array, latent_shape: tuple[int, ...], steps: int) -> tuple[Array, Array]:
+    """(noise_T of ``latent_shape``, step noises of (steps,) + ``latent_shape``) from one key, float32."""
+    key_T, key_steps = jax.random.split(key)
+    return (jax.random.normal(key_T, latent_shape, jnp.float32),
+            jax.random.normal(key_steps, (steps,) + tuple(latent_shape), jnp.float32))
 
 
-def restore_image(
-    lq: Array,
-    unet_params: Any,
-    vq_params: Any,
-    cfg: ml_collections.ConfigDict,
-    key: Optional[Array] = None,
-    *,
-    mask: Optional[Array] = None,
-    tile_size: Optional[int] = None,
-    tile_overlap: Optional[int] = None,
-    batch_size: int = 1,
-    weighting: str = "uniform",
-    mask_lq: bool = True,
-    mask_back: bool = True,
-    dtype: Any = None,
-    noises: Optional[tuple[Array, Array]] = None,
-) -> Array:
-    """LQ image(s) (B, h, w, 3) in [-1, 1] -> restored (B, sf*h, sf*w, 3) in [-1, 1], any h, w.
+@dataclasses.dataclass(frozen=True)
+class Restorer:
+    """``restorer(lq, unet_params, vq_params, key, *, mask=None, noises=None) -> image``, built by
+    :func:`make_restorer` (the jitted function and the settings its input checks need)."""
 
-    Args:
-      lq: the low-quality image batch (usually B = 1).
-      unet_params, vq_params: Flax params of the UNet (``cfg.model``) and the VQ autoencoder
-        (``cfg.autoencoder``), e.g. from ``ircore.checkpoints.restore_params``; ``vq_params`` is ignored
-        (pass None) for a pixel-space model (``autoencoder.kind = "none"``).
-      cfg: a ResShift config (``configs/resshift/*.py``): ``model``, ``diffusion``, ``autoencoder``,
-        ``padding_offset``.
-      key: PRNG key (needed unless ``noises`` is given).
-      mask: (B, h, w, 1) in [-1, 1], 1 = unknown; required for inpainting models, refused otherwise.
-      tile_size, tile_overlap: chop size / overlap in LQ pixels (default: official, :func:`default_tiling`).
-      batch_size: tiles per network call.
-      weighting: ``"uniform"`` (official averaging) or ``"gaussian"`` blending of overlapping tiles.
-      mask_lq: set the unknown area of the LQ to -1 before sampling (the training convention).
-      mask_back: paste the known pixels of ``lq`` into the output (official default).
-      dtype: UNet compute dtype (float32 / bfloat16 / float16); parameters stay float32.
-      noises: ``(noise_T, step_noises)`` of the padded image's latent, shapes (B, H', W', C) and
-        (T, B, H', W', C), step noises ordered t = T-1..0; only when one tile covers the image.
-    """
-    lq = jnp.asarray(lq, jnp.float32)
-    mask = None if mask is None else jnp.asarray(mask, jnp.float32)
-    settings = _settings(cfg, tile_size, tile_overlap, batch_size, weighting, mask_lq, mask_back, dtype)
-    _check_inputs(lq, mask, cfg, noises, settings)
+    fn: Callable
+    name: str
+    sf: int
+    cond_mask: bool
+    mask_back: bool
+    tile_size: int
+    tile_overlap: int
+
+    def __call__(
+        self,
+        lq: Array,
+        unet_params: Any,
+        vq_params: Any,
+        key: Optional[Array] = None,
+        *,
+        mask: Optional[Array] = None,
+        noises: Optional[tuple[Array, Array]] = None,
+    ) -> Array:
+        """LQ image(s) (B, h, w, 3) in [-1, 1] -> restored (B, sf*h, sf*w, 3) in [-1, 1], any h, w.
+
+        Args:
+          lq: the low-quality image batch (usually B = 1).
+          unet_params, vq_params: Flax params of the UNet (``cfg.model``) and the VQ autoencoder
+            (``cfg.autoencoder``), e.g. from ``ircore.checkpoints.restore_params``; ``vq_params`` is ignored
+            (pass None) for a pixel-space model (``autoencoder.kind = "none"``).
+          key: PRNG key (needed unless ``noises`` is given).
+          mask: (B, h, w, 1) in [-1, 1], 1 = unknown; required for inpainting models, refused otherwise.
+          noises: ``(noise_T, step_noises)`` of the padded image's latent, shapes (B, H', W', C) and
+            (T, B, H', W', C), step noises ordered t = T-1..0; only when one tile covers the image.
+        """
+        lq = jnp.asarray(lq, jnp.float32)
+        mask = None if mask is None else jnp.asarray(mask, jnp.float32)
+        self._check_inputs(lq, mask, noises)
+        if key is None and noises is None:
+            raise ValueError("the restorer needs a PRNG key unless noises are given")
+        if key is None:
+            key = jax.random.key(0)  # unused: every noise is given
+        if noises is not None:
+            noises = (jnp.asarray(noises[0], jnp.float32), jnp.asarray(noises[1], jnp.float32))
+        return self.fn(unet_params, vq_params, lq, mask, key, noises)
+
+    def check_mask(self, has_mask: bool) -> None:
+        """One-line ValueError unless a mask is given exactly for an inpainting model (``model.cond_mask``)."""
+        if self.cond_mask and not has_mask:
+            raise ValueError(f"model {self.name!r} is an inpainting model: give a mask (1 = unknown; on the "
+                             f"command line --config.mask=FILE)")
+        if has_mask and not self.cond_mask:
+            raise ValueError(f"model {self.name!r} takes no mask (model.cond_mask is False)")
+
+    def _check_inputs(self, lq: Array, mask: Optional[Array], noises: Any) -> None:
+        if lq.ndim != 4 or lq.shape[-1] != 3:
+            raise ValueError(f"lq must be an NHWC RGB batch (B, h, w, 3), got shape {tuple(lq.shape)}")
+        self.check_mask(mask is not None)
+        if mask is not None:
+            if mask.ndim != 4 or mask.shape[-1] != 1:
+                raise ValueError(f"mask must have shape (B, h, w, 1), got {tuple(mask.shape)}")
+            if tuple(mask.shape[:3]) != tuple(lq.shape[:3]):
+                raise ValueError(f"mask size {tuple(mask.shape[1:3])} does not match the image size "
+                                 f"{tuple(lq.shape[1:3])}")
+            if self.sf != 1 and self.mask_back:
+                raise ValueError("sample.mask_back needs sf == 1 (inpainting models restore at the input size)")
+        if noises is not None:
+            origins, _, _ = tiling.tile_grid(lq.shape[1], lq.shape[2], self.tile_size, self.tile_overlap)
+            if len(origins) != 1:
+                raise ValueError(f"noises can be given only when one tile covers the image; {len(origins)} tiles "
+                                 f"of {self.tile_size} for size {tuple(lq.shape[1:3])}")
+
+
+def make_restorer(cfg: ml_collections.ConfigDict) -> Restorer:
+    """The restorer of a ResShift config (``configs/resshift/*.py``: ``model``, ``diffusion``, ``autoencoder``,
+    ``padding_offset``, ``sample``); one-line ValueError for a config that does not fit together."""
     check_config(cfg)
-    if key is None and noises is None:
-        raise ValueError("restore_image needs a PRNG key unless noises are given")
-    if key is None:
-        key = jax.random.key(0)  # unused: every noise is given
-    if noises is not None:
-        noises = (jnp.asarray(noises[0], jnp.float32), jnp.asarray(noises[1], jnp.float32))
-    return build_restorer(settings)(unet_params, vq_params, lq, mask, key, noises)
+    if "sample" not in cfg:
+        raise ValueError("config has no 'sample' section (see resshift_jax.pipeline.sample_section)")
+    s = cfg.sample
+    _check_sample(s)
+    net = networks.unet(cfg, s.dtype)
+    ae = networks.autoencoder(cfg)
+    sched = sch.schedule_from_config(cfg.diffusion)
+    offset = int(cfg.get("padding_offset", cfg.model.get("lq_size", 64)))
+    tile_size, overlap, batch_size = int(s.tile_size), int(s.tile_overlap), int(s.batch_size)
+    mask_lq, mask_back, weighting = bool(s.mask_lq), bool(s.mask_back), str(s.tile_weighting)
+    pixel_space = ae is None
+    sf, steps = sched.sf, sched.num_timesteps
+    f, channels = (1, net.in_channels) if pixel_space else (ae.downsampling_factor, ae.embed_dim)
+
+    def fn(unet_params, vq_params, lq, mask, key, noises):
+        batch = lq.shape[0]
+        if mask is not None:
+            known = (mask.astype(lq.dtype) + 1.0) * 0.5  # 1 = unknown, 0 = known
+            lq_in = lq * (1.0 - known) - known if mask_lq else lq
+            x = jnp.concatenate([lq_in, mask.astype(lq.dtype)], axis=-1)
+        else:
+            x = lq
+        model_fn = networks.model_fn(net, unet_params, sched, pixel_space=pixel_space)
+        encode, decode = networks.first_stage(ae, vq_params)
+
+        def per_tile(tiles, call_index):
+            y, m = (tiles[..., :3], tiles[..., 3:]) if mask is not None else (tiles, None)
+            n_tiles = tiles.shape[0] // batch
+            ph = math.ceil(tiles.shape[1] / offset) * offset
+            pw = math.ceil(tiles.shape[2] / offset) * offset
+            latent = (batch, ph * sf // f, pw * sf // f, channels)
+            if noises is not None:
+                noise_T, step_noises = noises
+            else:
+                drawn = [draw_noises(jax.random.fold_in(key, call_index * batch_size + k), latent, steps)
+                         for k in range(n_tiles)]
+                noise_T = jnp.concatenate([d[0] for d in drawn], axis=0)
+                step_noises = jnp.concatenate([d[1] for d in drawn], axis=1)
+            return dif.restore_lq(model_fn, sched, y, encode_fn=encode, decode_fn=decode, noise_T=noise_T,
+                                  step_noises=step_noises, cond=(y, m), pad_multiple=offset, clamp=True)
+
+        out = tiling.tiled_apply(per_tile, x, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
+                                 weighting=weighting, with_index=True)
+        if mask is not None and mask_back:
+            known = (mask.astype(out.dtype) + 1.0) * 0.5
+            out = out * known + lq.astype(out.dtype) * (1.0 - known)
+        return jnp.clip(out, -1.0, 1.0)
+
+    return Restorer(fn=jax.jit(fn), name=str(cfg.get("name", "")), sf=int(cfg.diffusion.sf),
+                    cond_mask=bool(cfg.model.get("cond_mask", False)), mask_back=mask_back,
+                    tile_size=tile_size, tile_overlap=overlap)

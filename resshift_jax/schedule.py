@@ -202,18 +202,18 @@ def make_schedule(
     )
 
 
-def schedule_from_config(params: Mapping[str, Any]) -> Schedule:
-    """Builds a :class:`Schedule` from an official ``diffusion.params`` mapping (YAML / fixture sidecar).
+# The keys of a ``diffusion`` config section (the official ``diffusion.params``), the one list of them.
+DIFFUSION_KEYS = (
+    "sf", "schedule_name", "schedule_kwargs", "etas_end", "steps", "min_noise_level", "kappa",
+    "weighted_mse", "predict_type", "timestep_respacing", "scale_factor", "normalize_input", "latent_flag",
+)
 
-    Recognised keys: sf, schedule_name, schedule_kwargs{power}, etas_end, steps, min_noise_level, kappa,
-    weighted_mse, predict_type, timestep_respacing, scale_factor, normalize_input, latent_flag.
-    """
+
+def schedule_from_config(params: Mapping[str, Any]) -> Schedule:
+    """Builds a :class:`Schedule` from a ``diffusion`` config section or an official ``diffusion.params``
+    mapping (YAML / fixture sidecar) with the keys :data:`DIFFUSION_KEYS`."""
     params = dict(params)
-    known = {
-        "sf", "schedule_name", "schedule_kwargs", "etas_end", "steps", "min_noise_level", "kappa",
-        "weighted_mse", "predict_type", "timestep_respacing", "scale_factor", "normalize_input", "latent_flag",
-    }
-    unknown = sorted(set(params) - known)
+    unknown = sorted(set(params) - set(DIFFUSION_KEYS))
     if unknown:
         raise ValueError(f"unknown diffusion parameters: {unknown}")
     for required in ("steps", "min_noise_level", "normalize_input", "schedule_name"):

@@ -34,12 +34,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from ircore import checkpoints, data, lpips, metrics, trainer
-from resshift_jax import diffusion
+from ircore.layers import dtype_by_name
+from resshift_jax import diffusion, networks
 from resshift_jax.models import unet_swin, vq
-from resshift_jax.schedule import Schedule, make_schedule
+from resshift_jax.schedule import schedule_from_config
 
 TASKS = ("realsr", "bicsr", "inpaint", "faceir")
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 class TrainSetupError(ValueError):
@@ -47,22 +47,13 @@ class TrainSetupError(ValueError):
 
 
 def _dtype(name: str) -> Any:
-    if name not in _DTYPES:
-        raise TrainSetupError(f"unknown dtype {name!r}; expected one of {sorted(_DTYPES)}")
-    return _DTYPES[name]
+    try:
+        return dtype_by_name(name)
+    except ValueError as err:
+        raise TrainSetupError(str(err)) from None
 
 
 # ----------------------------------------------------------------------------------------------- pieces
-def schedule_from_config(cfg: Any) -> Schedule:
-    d = cfg.diffusion
-    return make_schedule(
-        steps=d.steps, min_noise_level=d.min_noise_level, etas_end=d.etas_end, kappa=d.kappa,
-        power=d.schedule_kwargs.power, schedule_name=d.schedule_name, timestep_respacing=d.timestep_respacing,
-        predict_type=d.predict_type, normalize_input=d.normalize_input, latent_flag=d.latent_flag,
-        scale_factor=d.scale_factor, sf=d.sf, weighted_mse=d.weighted_mse,
-    )
-
-
 def _load_part(path: str, part: str, cfg: Any) -> Any:
     """Parameters from an orbax folder (``resshift_jax.convert`` output) or a torch ``.pth`` file."""
     p = pathlib.Path(path).expanduser()
@@ -139,31 +130,16 @@ def make_degrade(cfg: Any) -> Callable[[jax.Array, jax.Array], tuple[jax.Array, 
 
 
 def _networks(cfg: Any) -> tuple[unet_swin.UNetModelSwin, Optional[vq.VQModel]]:
-    unet = unet_swin.model_from_config(cfg, dtype=_dtype(cfg.train.compute_dtype))
-    if vq.is_pixel_space(cfg.autoencoder):
-        return unet, None
-    autoencoder = vq.model_from_config(cfg.autoencoder, dtype=_dtype(cfg.train.frozen_dtype))
-    return unet, autoencoder
-
-
-def _first_stage(autoencoder: Optional[vq.VQModel], vq_params: Any) -> tuple[Optional[Callable], Optional[Callable]]:
-    """(encode, decode) of the frozen VQ in float32 out, or (None, None) in pixel space."""
-    if autoencoder is None:
-        return None, None
-
-    def encode(x):
-        return autoencoder.apply({"params": vq_params}, x, method=vq.VQModel.encode).astype(jnp.float32)
-
-    def decode(z):
-        return autoencoder.apply({"params": vq_params}, z, method=vq.VQModel.decode).astype(jnp.float32)
-
-    return encode, decode
+    """(UNet in ``train.compute_dtype``, frozen VQ in ``train.frozen_dtype`` or None in pixel space)."""
+    for name in (cfg.train.compute_dtype, cfg.train.frozen_dtype):
+        _dtype(name)  # a one-line TrainSetupError for an unknown name
+    return networks.unet(cfg, cfg.train.compute_dtype), networks.autoencoder(cfg, cfg.train.frozen_dtype)
 
 
 def make_loss_fn(cfg: Any) -> trainer.LossFn:
     """``(params, frozen, batch, key) -> (loss, {"mse", "lpips"?})`` for one micro-batch ``{"hq": uint8}``."""
     unet, autoencoder = _networks(cfg)
-    sched = schedule_from_config(cfg)
+    sched = schedule_from_config(cfg.diffusion)
     degrade = make_degrade(cfg)
     mse_weight, lpips_weight = float(cfg.loss.mse_weight), float(cfg.loss.lpips_weight)
     lpips_dtype = _dtype(cfg.train.frozen_dtype)
@@ -174,18 +150,14 @@ def make_loss_fn(cfg: Any) -> trainer.LossFn:
         hq = data.hq_to_float(batch["hq"])
         k_deg, k_t, k_noise = jax.random.split(key, 3)
         target, lq, mask = degrade(k_deg, hq)
-        encode, decode = _first_stage(autoencoder, frozen.get("vq"))
+        encode, decode = networks.first_stage(autoencoder, frozen.get("vq"))
 
         z_y = jax.lax.stop_gradient(diffusion.encode_first_stage(encode, sched, lq, up_sample=True))
         z_0 = jax.lax.stop_gradient(diffusion.encode_first_stage(encode, sched, target))
         t = jax.random.randint(k_t, (hq.shape[0],), 0, steps)
         noise = jax.random.normal(k_noise, z_0.shape, jnp.float32)
 
-        def model_fn(x, tt, cond):
-            lq_c, mask_c = cond
-            lq_c = diffusion.network_lq(sched, lq_c, pixel_space=pixel_space)
-            return unet.apply({"params": params}, x, tt, lq=lq_c, mask=mask_c).astype(jnp.float32)
-
+        model_fn = networks.model_fn(unet, params, sched, pixel_space=pixel_space)
         out = diffusion.training_loss(model_fn, sched, z_0, z_y, t, noise, (lq, mask))
         per_sample = mse_weight * out["mse"]
         aux = {"mse": jnp.mean(out["mse"])}
@@ -227,7 +199,7 @@ def make_eval_fn(cfg: Any, tr: trainer.Trainer) -> Optional[trainer.EvalFn]:
                               "data.eval.folder (or data.eval.source=tfds and data.eval.tfds_name), or "
                               "--config.train.eval_every=0")
     unet, autoencoder = _networks(cfg)
-    sched = schedule_from_config(cfg)
+    sched = schedule_from_config(cfg.diffusion)
     degrade = make_degrade(cfg)
     hq = data.hq_to_float(data.load_eval_images(ev, int(cfg.data.crop_size)))
     key = jax.random.key(int(cfg.train.eval_seed))
@@ -237,13 +209,10 @@ def make_eval_fn(cfg: Any, tr: trainer.Trainer) -> Optional[trainer.EvalFn]:
     pixel_space = autoencoder is None
 
     def restore(params, frozen, lq, mask, noise_key):
-        def model_fn(x, tt, cond):
-            lq_c = diffusion.network_lq(sched, cond[0], pixel_space=pixel_space)
-            return unet.apply({"params": params}, x, tt, lq=lq_c, mask=cond[1]).astype(jnp.float32)
-
-        encode, decode = _first_stage(autoencoder, frozen.get("vq"))
-        return diffusion.restore(model_fn, sched, lq, encode_fn=encode, decode_fn=decode,
-                                 key=noise_key, cond=(lq, mask))
+        model_fn = networks.model_fn(unet, params, sched, pixel_space=pixel_space)
+        encode, decode = networks.first_stage(autoencoder, frozen.get("vq"))
+        return diffusion.restore_lq(model_fn, sched, lq, encode_fn=encode, decode_fn=decode,
+                                    key=noise_key, cond=(lq, mask))
 
     restore = jax.jit(restore, out_shardings=replicated)
 

@@ -25,7 +25,7 @@ from deqir_jax.models import adm
 from deqir_jax.sample import prepare_image
 from ircore import checkpoints, images, metrics, photos
 from ircore.config_utils import load_config_file
-from resshift_jax import diffusion
+from resshift_jax import diffusion, pipeline
 from resshift_jax import sample as rsample
 from resshift_jax.embedded import UNET_CHECKPOINT
 from resshift_jax.models import unet_swin
@@ -80,16 +80,17 @@ def test_prior_denoises_heldout_photos_at_the_restoration_size():
 
 
 def test_resshift_small_restores_heldout_photos():
-    cfg = rsample.with_sample_fields(load_config_file(RESSHIFT))
+    cfg = load_config_file(RESSHIFT)
     nets = rsample.load_networks(cfg)
+    restorer = pipeline.make_restorer(cfg)
     assert nets[1] is None  # pixel space: no autoencoder
     unet = unet_swin.model_from_config(cfg)
     sched = schedule_from_config(cfg.diffusion)
     for name in photos.HELDOUT:
         hq = images.read_image(photos.path(name))
         top, left = hq.shape[1] // 2 - 48, hq.shape[2] // 2 - 48
-        res = rsample.degrade_and_restore(hq[:, top:top + 96, left:left + 96], cfg, nets,
-                                          rsample.image_key(cfg.seed, name))
+        res = rsample.degrade_and_restore(hq[:, top:top + 96, left:left + 96], restorer, nets,
+                                          rsample.image_key(cfg.sample.seed, name))
         assert res["restored"].shape == res["hq"].shape and np.all(np.abs(res["restored"]) <= 1.0)
         # the network's estimate at t = T, where x_T carries no trace of the clean image
         z_y = diffusion.upsample_lq(sched, jnp.asarray(res["lq"]))
@@ -105,7 +106,7 @@ def test_resshift_small_restores_heldout_photos():
         # the clean photo than bicubic up-sampling of the same LQ. (Not on every native-scale crop: on the central
         # 96x96 of chelsea, the cat's fur, it is below bicubic; see configs/resshift/embedded_x4.py.)
         small = prepare_image(hq, 64, "center_crop")
-        res = rsample.degrade_and_restore(small, cfg, nets, rsample.image_key(cfg.seed, name))
+        res = rsample.degrade_and_restore(small, restorer, nets, rsample.image_key(cfg.sample.seed, name))
         assert rsample.image_scores(res["restored"], res["hq"])["psnr"] > \
             rsample.image_scores(res["bicubic"], res["hq"])["psnr"], name
 

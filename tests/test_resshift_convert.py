@@ -12,7 +12,7 @@ import torch
 
 from ircore.layers import count_params
 from ircore import checkpoints, torch_convert
-from resshift_jax import convert
+from resshift_jax import convert, convert_keys
 from resshift_jax.models import unet_swin, vq
 
 RTOL = ATOL = 1e-4  # fixture README: networks at rtol / atol 1e-4 (float32)
@@ -112,7 +112,7 @@ def test_strict_conversion_names_missing_and_unknown_keys(tiny, tmp_path):
         convert.convert_checkpoint(_save_pth(state, tmp_path / "bad.pth"), cfg, part="unet")
     assert "out.2.weight_renamed" in str(err.value) and "out_2" in str(err.value)
     state = _state(ufx)
-    buffer_key = sorted(unet_swin.expected_buffers(cfg.model), key=lambda k: (not k.endswith("attn_mask"), k))[0]
+    buffer_key = sorted(convert_keys.unet_expected_buffers(cfg.model), key=lambda k: (not k.endswith("attn_mask"), k))[0]
     state[buffer_key] = state[buffer_key] + 1  # a stored Swin buffer that the model would not recompute
     with pytest.raises(torch_convert.ConversionError, match="buffer"):
         convert.convert_checkpoint(_save_pth(state, tmp_path / "bad_buffer.pth"), cfg, part="unet")

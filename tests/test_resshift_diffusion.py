@@ -3,7 +3,7 @@
 Part 1 checks every formula against hand-computed float64 NumPy and against the official intermediates of
 ``sampling_tiny`` / ``training_loss_tiny`` with the network replaced by a replay of its recorded outputs.
 Part 2 (``test_fixture_*_with_networks``) runs the real tiny Swin-UNet and VQ through their
-``convert_torch_state_dict`` converters and compares every recorded value.
+``resshift_jax.convert_keys`` converters and compares every recorded value.
 """
 from __future__ import annotations
 
@@ -357,8 +357,8 @@ def test_restore_pipeline_shapes_padding_and_clamp():
         seen["lq"] = lq.shape
         return x_in
 
-    out = jax.jit(lambda yy, k: dif.restore(model, sched, yy, encode_fn=encode, decode_fn=decode, key=k,
-                                            pad_multiple=4))(y, jax.random.PRNGKey(0))
+    out = jax.jit(lambda yy, k: dif.restore_lq(model, sched, yy, encode_fn=encode, decode_fn=decode, key=k,
+                                               pad_multiple=4))(y, jax.random.PRNGKey(0))
     assert out.shape == (1, 10, 14, 3)
     assert seen["enc"] == (1, 16, 16, 3) and seen["lq"] == (1, 8, 8, 3)
     assert float(out.max()) <= 1.0 and float(out.min()) >= -1.0
@@ -376,8 +376,8 @@ def test_restore_composes_with_tiling():
     key = jax.random.PRNGKey(3)
 
     def per_tile(tiles, index):
-        return dif.restore(model, sched, tiles, encode_fn=encode, decode_fn=decode,
-                           key=jax.random.fold_in(key, index), pad_multiple=4)
+        return dif.restore_lq(model, sched, tiles, encode_fn=encode, decode_fn=decode,
+                              key=jax.random.fold_in(key, index), pad_multiple=4)
 
     y = jnp.asarray(_rng_arrays((1, 10, 13, 3), 1, seed=8)[0])
     whole = jax.jit(per_tile)(y, jnp.int32(0))
@@ -402,7 +402,8 @@ def _state_dict(fx) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def networks(load_fixture):
     """``networks(fx)`` -> (model_fn, encode_fn, decode_fn) built from the weight fixtures that ``fx`` names,
-    converted with the models' own ``convert_torch_state_dict``; built once per weight pair."""
+    converted with ``resshift_jax.convert_keys``; built once per weight pair."""
+    from resshift_jax import convert_keys
     from resshift_jax.models import unet_swin, vq
 
     cache = {}
@@ -414,8 +415,8 @@ def networks(load_fixture):
             return cache[names]
         ufx, vfx = load_fixture(names[0]), load_fixture(names[1])
         ucfg, vcfg = ufx.meta["constructor_kwargs"], vfx.meta["constructor_kwargs"]
-        unet_params = unet_swin.convert_torch_state_dict(_state_dict(ufx), ucfg)
-        vq_params = vq.convert_torch_state_dict(_state_dict(vfx), vcfg)
+        unet_params = convert_keys.convert_unet_state_dict(_state_dict(ufx), ucfg)
+        vq_params = convert_keys.convert_vq_state_dict(_state_dict(vfx), vcfg)
         unet, ae = unet_swin.model_from_config(ucfg), vq.model_from_config(vcfg)
 
         def model_fn(x_in, t, lq):
@@ -469,8 +470,8 @@ def test_fixture_sampling_with_networks(sampling, networks):
     np.testing.assert_allclose(np.asarray(x0), nhwc(fx["out/x0"]), rtol=RTOL_NET, atol=ATOL_STEPS)
 
     # The one-call pipeline gives the same image, clamped like the official sampler.
-    restored = jax.jit(lambda y, a, b: dif.restore(model_fn, sched, y, encode_fn=encode_fn, decode_fn=decode_fn,
-                                                   noise_T=a, step_noises=b))(y, noise_T, step_noises)
+    restored = jax.jit(lambda y, a, b: dif.restore_lq(model_fn, sched, y, encode_fn=encode_fn, decode_fn=decode_fn,
+                                                      noise_T=a, step_noises=b))(y, noise_T, step_noises)
     np.testing.assert_allclose(np.asarray(restored), np.clip(nhwc(fx["out/x0"]), -1, 1), rtol=RTOL_NET,
                                atol=ATOL_STEPS)
 

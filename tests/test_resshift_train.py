@@ -16,6 +16,7 @@ from resshift_jax import diffusion
 from resshift_jax import train as rtrain
 from resshift_jax.degradations import bicubic_degrade
 from resshift_jax.models import vq
+from resshift_jax.schedule import schedule_from_config
 
 from test_multiprocess import REPO, clean_env, train_args, write_photos
 
@@ -66,7 +67,7 @@ def test_loss_matches_the_diffusion_library_step_by_step():
     cfg = tiny(**{"train.compute_dtype": "float32"})
     frozen = rtrain.load_frozen(cfg)
     unet, autoencoder = rtrain._networks(cfg)
-    sched = rtrain.schedule_from_config(cfg)
+    sched = schedule_from_config(cfg.diffusion)
     loss_fn = rtrain.make_loss_fn(cfg)
     hq_u8 = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
 

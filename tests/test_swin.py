@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from resshift_jax.convert_keys import convert_unet_state_dict, unet_torch_key_to_path
 from resshift_jax.models import swin, unet_swin
-from resshift_jax.models.unet_swin import convert_torch_state_dict
 
 RTOL = ATOL = 1e-4  # fixtures README: networks at rtol/atol 1e-4 in float32
 MASK_KEY = re.compile(r"swin_mask/H(\d+)_W(\d+)_ws(\d+)_shift(\d+)$")
@@ -89,8 +89,8 @@ def test_swin_blocks_match_fixture(load_fixture):
     assert len(recorded) == 1 and recorded[0] in stages, f"recorded Swin stage {recorded} not in {list(stages)}"
     prefix, img_size = recorded[0], stages[recorded[0]]
     state = {k[len("sd/"):]: fx[k] for k in fx.files if k.startswith("sd/")}
-    stage_params = convert_torch_state_dict(state, kw)
-    for name in unet_swin.torch_key_to_path(prefix + "x")[:-1]:
+    stage_params = convert_unet_state_dict(state, kw)
+    for name in unet_torch_key_to_path(prefix + "x")[:-1]:
         stage_params = stage_params[name]
 
     def act(name):  # CHW of batch element 0 -> NHWC with batch 1

@@ -14,6 +14,7 @@ import pytest
 from ircore.config_utils import load_config_file
 from ircore.layers import count_params
 from ircore.torch_convert import ConversionError
+from resshift_jax import convert_keys
 from resshift_jax.models import unet_swin
 
 RTOL = ATOL = 1e-4  # fixtures README: networks at rtol/atol 1e-4 in float32
@@ -49,7 +50,7 @@ class Loaded:
         self.fx = fx
         self.kwargs = fx.meta["constructor_kwargs"]
         self.model = unet_swin.model_from_config(self.kwargs)
-        self.params = unet_swin.convert_torch_state_dict(state_dict(fx), self.kwargs)
+        self.params = convert_keys.convert_unet_state_dict(state_dict(fx), self.kwargs)
         model = self.model
 
         def forward(params, x, t, lq, mask):
@@ -126,7 +127,7 @@ def test_recomputed_buffers_equal_stored(load_fixture, name):
     stored = {k[len("sd/"):]: fx[k] for k, v in fx.meta["keys"].items()
               if k.startswith("sd/") and v.get("kind") == "buffer"}
     kwargs = fx.meta["constructor_kwargs"]
-    mine = unet_swin.expected_buffers(kwargs)
+    mine = convert_keys.unet_expected_buffers(kwargs)
     assert set(mine) == set(stored)
     # shifted windows (hence masks) exist where a stage is larger than the window and has a second block
     model = unet_swin.model_from_config(kwargs)
@@ -137,8 +138,8 @@ def test_recomputed_buffers_equal_stored(load_fixture, name):
         assert np.array_equal(mine[key], value), key
 
 
-def test_torch_key_to_path():
-    f = unet_swin.torch_key_to_path
+def test_unet_torch_key_to_path():
+    f = convert_keys.unet_torch_key_to_path
     assert f("input_blocks.1.1.blocks.0.attn.qkv.weight") == (
         "input_blocks_1_1", "blocks_0", "attn", "qkv", "kernel")
     assert f("module.input_blocks.1.0.in_layers.0.weight") == ("input_blocks_1_0", "in_layers_0", "scale")
@@ -236,30 +237,30 @@ def test_mismatched_checkpoint_raises(load_fixture, realsr):
     broken["input_blocks.1.0.extra.weight"] = np.zeros((3,), np.float32)
     broken["time_embed.0.weight"] = state["time_embed.0.weight"][:, :-1]
     with pytest.raises(ConversionError) as err:
-        unet_swin.convert_torch_state_dict(broken, kwargs)
+        convert_keys.convert_unet_state_dict(broken, kwargs)
     message = str(err.value)
     for name in ("out_2/bias", "input_blocks.1.0.extra.weight", "time_embed.0.weight"):
         assert name in message
 
     # wrong window size: the stored buffers name the mistake (the first Swin buffer this configuration has)
-    buffers = sorted(unet_swin.expected_buffers(kwargs), key=lambda k: (not k.endswith("attn_mask"), k))
+    buffers = sorted(convert_keys.unet_expected_buffers(kwargs), key=lambda k: (not k.endswith("attn_mask"), k))
     assert buffers, "the real-SR configuration has no Swin stage"
     bad_buffer = dict(state)
     bad_buffer[buffers[0]] = np.asarray(state[buffers[0]]) + 1
     with pytest.raises(ConversionError, match=re.escape(buffers[0])):
-        unet_swin.convert_torch_state_dict(bad_buffer, kwargs)
+        convert_keys.convert_unet_state_dict(bad_buffer, kwargs)
 
     # the inpainting checkpoint does not fit the real-SR model (it has a mask channel, maybe an LQ extractor)
     other = load_fixture("resshift/unet_tiny_inpaint")
     extractor_only_there = bool(unet_swin.model_from_config(other.meta["constructor_kwargs"]).plan().extractor
                                 and not realsr.model.plan().extractor)
     with pytest.raises(ConversionError, match="feature_extractor" if extractor_only_there else ""):
-        unet_swin.convert_torch_state_dict(state_dict(other), kwargs)
+        convert_keys.convert_unet_state_dict(state_dict(other), kwargs)
 
 
 def test_wrapper_prefixes_are_accepted(realsr):
     state = {"module." + k: v for k, v in state_dict(realsr.fx).items()}
-    params = unet_swin.convert_torch_state_dict(state, realsr.kwargs)
+    params = convert_keys.convert_unet_state_dict(state, realsr.kwargs)
     chex_equal = jax.tree.map(np.array_equal, params, jax.tree.map(np.asarray, realsr.params))
     assert all(jax.tree_util.tree_leaves(chex_equal))
 

@@ -2,7 +2,7 @@
 
 Each fixture (``resshift/vq_tiny_f4``, ``resshift/vq_tiny_f8``) gives the constructor kwargs, the state dict,
 an input image and the official ``encode`` / ``quantize`` / ``decode`` outputs (NCHW). Weights go through
-``convert_torch_state_dict``, the function users run on released checkpoints.
+``resshift_jax.convert_keys.convert_vq_state_dict``, the function users run on released checkpoints.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import pytest
 from ircore.config_utils import load_config_file
 from ircore.layers import count_params
 from ircore.torch_convert import ConversionError
+from resshift_jax import convert_keys
 from resshift_jax.models import vq
 
 FIXTURES = ["resshift/vq_tiny_f4", "resshift/vq_tiny_f8"]
@@ -47,7 +48,7 @@ def run(request, load_fixture):
     """Converted params and every port output for one fixture."""
     fx = load_fixture(request.param)
     cfg = fx.meta["constructor_kwargs"]
-    params = vq.convert_torch_state_dict(state_dict(fx), cfg)
+    params = convert_keys.convert_vq_state_dict(state_dict(fx), cfg)
     model = vq.model_from_config(cfg)
     encode, quantize, decode = _jitted(model)
     z = encode(params, nhwc(fx["in/x"]))
@@ -100,7 +101,7 @@ def test_param_count_matches_sidecar(run):
 def test_key_mapping_round_trips(run):
     fx, _, _, _ = run
     for key in state_dict(fx):
-        assert vq.path_to_torch_key(vq.torch_key_to_path(key)) == key
+        assert convert_keys.vq_path_to_torch_key(convert_keys.vq_torch_key_to_path(key)) == key
 
 
 def test_missing_key_is_named(run):
@@ -109,18 +110,18 @@ def test_missing_key_is_named(run):
     dropped = sorted(k for k in state if k.startswith("decoder.up."))[0]
     del state[dropped]
     with pytest.raises(ConversionError, match=dropped.replace(".", r"\.")):
-        vq.convert_torch_state_dict(state, cfg)
+        convert_keys.convert_vq_state_dict(state, cfg)
 
 
 def test_unknown_key_rejected_and_loss_keys_ignored(run):
     fx, cfg, params, _ = run
     state = state_dict(fx)
     state["loss.discriminator.main.0.weight"] = np.zeros((4, 3, 4, 4), np.float32)
-    converted = vq.convert_torch_state_dict(state, cfg)
+    converted = convert_keys.convert_vq_state_dict(state, cfg)
     assert count_params(converted) == count_params(params)
     state["encoder.extra.weight"] = np.zeros((3,), np.float32)
     with pytest.raises(ConversionError, match=r"encoder\.extra\.weight"):
-        vq.convert_torch_state_dict(state, cfg)
+        convert_keys.convert_vq_state_dict(state, cfg)
 
 
 def test_bfloat16_compute_keeps_float32_params(run):

@@ -10,34 +10,58 @@
 * ``autoencoder``: which VQ model (``kind`` ``vq_f4`` / ``vq_f8``) with the official ``params``, loaded from
   ``autoencoders/vq_f4.py`` / ``vq_f8.py``.
 * ``checkpoint_name`` / ``checkpoint_url``: the released UNet weights; ``autoencoder.checkpoint_name`` the VQ.
+* ``sample``: the sampler settings of ``python -m resshift_jax.sample`` (``resshift_jax.pipeline.sample_section``);
+  ``input``, ``input_is_measurement``, ``reference``, ``mask``, ``output``, ``overwrite``: its input / output;
+  ``unet_checkpoint`` / ``autoencoder_checkpoint``: the converted orbax folders (from ``training.py``).
 * training sections (``task``, ``train``, ``loss``, ``lpips``, ``data``, ``degradation``, checkpoints to start
   from), read by ``python -m resshift_jax.train``: see ``training.py``.
 """
+import dataclasses
 import pathlib
 
 import ml_collections
 
 from ircore.config_utils import load_config_file
+from resshift_jax.pipeline import sample_section
 
 _HERE = pathlib.Path(__file__).parent
 _RELEASE = "https://github.com/zsyOAOA/ResShift/releases/download/v2.0/"
 
-# name: (official yaml, UNet checkpoint, VQ checkpoint, sf, steps, min_noise_level, lq_size, cond_mask, latent ch)
+@dataclasses.dataclass(frozen=True)
+class Release:
+    """One released model: its official YAML, weights and the settings that differ between the releases."""
+
+    official_yaml: str
+    unet_checkpoint: str
+    vq_checkpoint: str
+    sf: int
+    steps: int
+    min_noise_level: float
+    lq_size: int
+    cond_mask: bool
+    latent_channels: int
+
+
+_SR = dict(sf=4, lq_size=64, cond_mask=False, latent_channels=3, vq_checkpoint="autoencoder_vq_f4.pth")
 MODELS = {
-    "realsr_x4_v1": ("realsr_swinunet_realesrgan256", "resshift_realsrx4_s15_v1.pth", "autoencoder_vq_f4.pth",
-                     4, 15, 0.04, 64, False, 3),
-    "realsr_x4_v2": ("realsr_swinunet_realesrgan256", "resshift_realsrx4_s15_v2.pth", "autoencoder_vq_f4.pth",
-                     4, 15, 0.04, 64, False, 3),
-    "realsr_x4_v3": ("realsr_swinunet_realesrgan256_journal", "resshift_realsrx4_s4_v3.pth",
-                     "autoencoder_vq_f4.pth", 4, 4, 0.2, 64, False, 3),
-    "bicsr_x4": ("bicx4_swinunet_lpips", "resshift_bicsrx4_s4.pth", "autoencoder_vq_f4.pth",
-                 4, 4, 0.2, 64, False, 3),
-    "inpaint_imagenet": ("inpaint_lama256_imagenet", "resshift_inpainting_imagenet_s4.pth",
-                         "autoencoder_vq_f4.pth", 1, 4, 0.2, 256, True, 3),
-    "inpaint_face": ("inpaint_lama256_face", "resshift_inpainting_face_s4.pth", "celeba256_vq_f4_dim3_face.pth",
-                     1, 4, 0.2, 256, True, 3),
-    "faceir": ("faceir_gfpgan512_lpips", "resshift_faceir_s4.pth", "ffhq512_vq_f8_dim8_face.pth",
-               1, 4, 0.2, 512, False, 8),
+    "realsr_x4_v1": Release(official_yaml="realsr_swinunet_realesrgan256",
+                            unet_checkpoint="resshift_realsrx4_s15_v1.pth", steps=15, min_noise_level=0.04, **_SR),
+    "realsr_x4_v2": Release(official_yaml="realsr_swinunet_realesrgan256",
+                            unet_checkpoint="resshift_realsrx4_s15_v2.pth", steps=15, min_noise_level=0.04, **_SR),
+    "realsr_x4_v3": Release(official_yaml="realsr_swinunet_realesrgan256_journal",
+                            unet_checkpoint="resshift_realsrx4_s4_v3.pth", steps=4, min_noise_level=0.2, **_SR),
+    "bicsr_x4": Release(official_yaml="bicx4_swinunet_lpips", unet_checkpoint="resshift_bicsrx4_s4.pth",
+                        steps=4, min_noise_level=0.2, **_SR),
+    "inpaint_imagenet": Release(official_yaml="inpaint_lama256_imagenet",
+                                unet_checkpoint="resshift_inpainting_imagenet_s4.pth",
+                                vq_checkpoint="autoencoder_vq_f4.pth", sf=1, steps=4, min_noise_level=0.2,
+                                lq_size=256, cond_mask=True, latent_channels=3),
+    "inpaint_face": Release(official_yaml="inpaint_lama256_face", unet_checkpoint="resshift_inpainting_face_s4.pth",
+                            vq_checkpoint="celeba256_vq_f4_dim3_face.pth", sf=1, steps=4, min_noise_level=0.2,
+                            lq_size=256, cond_mask=True, latent_channels=3),
+    "faceir": Release(official_yaml="faceir_gfpgan512_lpips", unet_checkpoint="resshift_faceir_s4.pth",
+                      vq_checkpoint="ffhq512_vq_f8_dim8_face.pth", sf=1, steps=4, min_noise_level=0.2,
+                      lq_size=512, cond_mask=False, latent_channels=8),
 }
 
 
@@ -104,16 +128,24 @@ def _autoencoder(checkpoint_name: str) -> ml_collections.ConfigDict:
 def get_config(name: str = "realsr_x4_v3") -> ml_collections.ConfigDict:
     if name not in MODELS:
         raise ValueError(f"unknown ResShift model {name!r}; expected one of {sorted(MODELS)}")
-    yaml, ckpt, vq_ckpt, sf, steps, min_noise, lq_size, cond_mask, latent_ch = MODELS[name]
+    release = MODELS[name]
     cfg = ml_collections.ConfigDict()
     cfg.name = name
-    cfg.official_config = f"configs/{yaml}.yaml"
-    cfg.checkpoint_name = ckpt
-    cfg.checkpoint_url = _RELEASE + ckpt
-    cfg.model = _unet(lq_size, cond_mask, latent_ch)
-    cfg.diffusion = _diffusion(sf, steps, min_noise)
-    cfg.autoencoder = _autoencoder(vq_ckpt)
-    cfg.padding_offset = lq_size  # the official sampler pads the LQ image to a multiple of this
+    cfg.official_config = f"configs/{release.official_yaml}.yaml"
+    cfg.checkpoint_name = release.unet_checkpoint
+    cfg.checkpoint_url = _RELEASE + release.unet_checkpoint
+    cfg.model = _unet(release.lq_size, release.cond_mask, release.latent_channels)
+    cfg.diffusion = _diffusion(release.sf, release.steps, release.min_noise_level)
+    cfg.autoencoder = _autoencoder(release.vq_checkpoint)
+    cfg.padding_offset = release.lq_size  # the official sampler pads the LQ image to a multiple of this
+    # Input / output of python -m resshift_jax.sample (the same fields as deqir_jax.sample).
+    cfg.input = ""  # an image or a folder of images
+    cfg.input_is_measurement = True  # True: `input` holds LQ images; False: a clean image to degrade and score
+    cfg.reference = ""  # ground truth for scores when `input` holds LQ images (a file, or a folder of same names)
+    cfg.mask = ""  # inpainting models: the mask (a file, or a folder of same-named files; white / 1 = unknown)
+    cfg.output = ""  # results folder; "" = a fresh outputs/resshift/run-<date>-<time> folder
+    cfg.overwrite = False  # never replace earlier results unless asked
+    cfg.sample = sample_section(release.sf)  # sampler settings: seed, tiling, batch, dtype, masking
     for key, value in load_config_file(_HERE / "training.py", name).items():  # train/data/loss/... sections
         cfg[key] = value
     return cfg

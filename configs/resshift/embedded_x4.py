@@ -15,7 +15,7 @@ states after the first step close to its estimate, so the chain adds little nois
 generated texture, which suits a model this small that is judged on PSNR. The Swin-UNet (1.5 M parameters)
 sees the noisy image and the bicubic-upsampled LQ at the output size; its Swin stage works at 1/2 resolution
 in 4x4 windows, so the 32x32 training crops already hold interior (unmasked) shifted windows, as every larger
-image does at test time. Sampling runs in overlapping 64x64 output tiles (see ``tile_size`` below).
+image does at test time. Sampling runs in overlapping 64x64 output tiles (see ``sample.tile_size`` below).
 
 Measured on the held-out photos while finding this recipe (4-step sampling, PSNR against MATLAB-bicubic x4
 LQ up-sampled with bicubic): x0 prediction from scratch stayed 5 dB below bicubic after 1500 steps; residual
@@ -41,6 +41,7 @@ import pathlib
 
 import ml_collections
 
+from ircore import photos
 from ircore.config_utils import load_config_file
 from resshift_jax.embedded import UNET_CHECKPOINT
 
@@ -71,10 +72,10 @@ def get_config(variant: str = "sample") -> ml_collections.ConfigDict:
     # Sampling in overlapping 64x64 output tiles (16 LQ pixels, stride 8, Gaussian blending): the GroupNorm
     # statistics then stay those of the 32x32 training crops. On whole full-size photos they are not, and the
     # network no longer reproduces even its nearly clean t = 0 input (measured: 29 dB instead of 39 dB).
-    cfg.tile_size = 16
-    cfg.tile_overlap = 8
-    cfg.tile_weighting = "gaussian"
-    cfg.batch_size = 16
+    cfg.sample.update({"tile_size": 16, "tile_overlap": 8, "tile_weighting": "gaussian", "batch_size": 16})
+    # No argument: degrade a held-out photo training never saw (MATLAB bicubic x4), restore it and score it.
+    cfg.input = str(photos.bundled_path(photos.DEFAULT))
+    cfg.input_is_measurement = False
     cfg.loss.lpips_weight = 0.0
     cfg.train.update({
         "seed": 20261201, "global_batch": 16, "total_steps": 5000, "lr": 5e-4, "lr_min": 5e-5,

@@ -21,17 +21,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
 
-from ircore import torch_convert
 from ircore.layers import Downsample, GroupNorm32, ResBlock, Upsample, conv3x3, count_params, timestep_embedding
-from ircore.torch_convert import ConversionError, convert_state_dict
-from resshift_jax.models.swin import SwinStage, stage_buffers
+from resshift_jax.models.swin import SwinStage
 
 Dtype = Any
 
@@ -346,71 +343,3 @@ def param_shapes(model: UNetModelSwin) -> dict:
 
 def num_params(model: UNetModelSwin) -> int:
     return count_params(param_shapes(model))
-
-
-# ----------------------------------------------------------------------------------------------- conversion
-_BUFFERS = ("attn_mask", "relative_position_index")
-_NORMS = {"in_layers_0", "out_layers_0", "norm1", "norm2", "norm", "out_0"}
-
-
-def torch_key_to_path(key: str) -> tuple[str, ...] | None:
-    """Official state-dict name -> Flax parameter path; ``None`` for the recomputed Swin buffers.
-
-    ``input_blocks.1.1.blocks.0.attn.qkv.weight`` -> ``('input_blocks_1_1', 'blocks_0', 'attn', 'qkv',
-    'kernel')``: list indices join their module name with ``_``; ``weight`` is ``scale`` for GroupNorms,
-    else ``kernel``. ``module.`` / ``_orig_mod.`` prefixes are dropped.
-    """
-    parts = torch_convert.strip_prefix(key).split(".")
-    leaf = parts[-1]
-    if leaf in _BUFFERS:
-        return None
-    modules: list[str] = []
-    for part in parts[:-1]:
-        if part.isdigit() and modules:
-            modules[-1] = f"{modules[-1]}_{part}"
-        else:
-            modules.append(part)
-    if leaf == "weight":
-        leaf = "scale" if modules and modules[-1] in _NORMS else "kernel"
-    return (*modules, leaf)
-
-
-def expected_buffers(cfg: Any) -> dict[str, np.ndarray]:
-    """The Swin buffers (``attn_mask``, ``relative_position_index``) an official checkpoint of this
-    configuration stores, recomputed, by state-dict name."""
-    model = model_from_config(cfg)
-    buffers = {}
-    for prefix, ds in model.plan().swin_stages():
-        for name, value in stage_buffers(ds, model.window_size, model.swin_depth).items():
-            buffers[prefix + name] = value
-    return buffers
-
-
-def check_buffers(state: Mapping[str, np.ndarray], cfg: Any) -> None:
-    """Raises ConversionError if a stored Swin buffer is unexpected or differs from the recomputed one."""
-    expected = expected_buffers(cfg)
-    problems = []
-    for key in sorted(state):
-        name = torch_convert.strip_prefix(key)
-        if name.rsplit(".", 1)[-1] not in _BUFFERS:
-            continue
-        if name not in expected:
-            problems.append(f"unexpected buffer {key}")
-            continue
-        stored, mine = np.asarray(state[key]), expected[name]
-        if stored.shape != mine.shape or not np.array_equal(stored.astype(mine.dtype), mine):
-            problems.append(f"buffer {key} {stored.shape} differs from the recomputed {mine.shape}")
-    if problems:
-        raise ConversionError("checkpoint buffers do not match the model: " + "; ".join(problems))
-
-
-def convert_torch_state_dict(state: Mapping[str, np.ndarray], cfg: Any) -> dict:
-    """Official UNetModelSwin state dict ``{name: array}`` -> Flax ``params`` tree for ``model_from_config(cfg)``.
-
-    Strict: raises ConversionError naming every unused key, missing parameter or shape mismatch, and every
-    stored Swin buffer that is unexpected or differs from the one recomputed here.
-    """
-    model = model_from_config(cfg)
-    params = convert_state_dict(state, param_shapes(model), torch_key_to_path)
-    check_buffers(state, cfg)
-    return params

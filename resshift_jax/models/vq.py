@@ -23,25 +23,21 @@ Dropout is not implemented (every released config has ``dropout 0``; ResShift us
 """
 from __future__ import annotations
 
-import re
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import linen as nn
-from flax import traverse_util
 
-from ircore import torch_convert
-from ircore.layers import GroupNorm32, conv1x1, conv3x3, upsample_nearest2x
+from ircore.layers import GroupNorm32, conv1x1, conv3x3, dtype_by_name, upsample_nearest2x
 
 Dtype = Any
 ConfigLike = ml_collections.ConfigDict | Mapping[str, Any]
 
 GN_EPS = 1e-6
 GN_GROUPS = 32
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 def _swish(x: jax.Array) -> jax.Array:
@@ -305,9 +301,7 @@ def _model_params(cfg: ConfigLike) -> Any:
 
 def _as_dtype(value: Any) -> Any:
     if isinstance(value, str):
-        if value not in _DTYPES:
-            raise ValueError(f"unknown dtype {value!r}; expected one of {sorted(_DTYPES)}")
-        return jnp.dtype(_DTYPES[value])
+        return jnp.dtype(dtype_by_name(value))
     return jnp.dtype(value) if value is not None else jnp.dtype(jnp.float32)
 
 
@@ -376,64 +370,3 @@ def init_params(cfg: ConfigLike, rng: jax.Array) -> Any:
     model = model_from_config(cfg)
     f = model.downsampling_factor
     return model.init(rng, jnp.zeros((1, 2 * f, 2 * f, model.in_channels), jnp.float32))["params"]
-
-
-# ----------------------------------------------------------------------------------------------- torch
-_INDEXED = re.compile(r"^(down|up|block|attn)_(\d+)$")
-
-
-def torch_key_to_path(key: str) -> tuple[str, ...] | None:
-    """PyTorch ``VQModelTorch`` state-dict key -> Flax parameter path.
-
-    ``encoder.down.1.block.0.norm1.weight`` -> ``("encoder", "down_1", "block_0", "norm1", "scale")``;
-    ``quantize.embedding.weight`` -> ``("codebook", "embedding")``. Keys under ``loss.`` (the LPIPS /
-    discriminator training loss that Lightning ``VQModel`` checkpoints from CompVis carry) return ``None``.
-    """
-    if key.startswith("loss."):
-        return None
-    if key == "quantize.embedding.weight":
-        return ("codebook", "embedding")
-    *modules, leaf = key.split(".")
-    path: list[str] = []
-    for part in modules:
-        if part.isdigit() and path:
-            path[-1] = f"{path[-1]}_{part}"
-        else:
-            path.append(part)
-    if leaf == "weight":
-        leaf = "scale" if modules and modules[-1].startswith("norm") else "kernel"
-    return (*path, leaf)
-
-
-def path_to_torch_key(path: Sequence[str]) -> str:
-    """Inverse of :func:`torch_key_to_path` for the model's own parameters."""
-    path = tuple(path)
-    if path == ("codebook", "embedding"):
-        return "quantize.embedding.weight"
-    parts: list[str] = []
-    for i, part in enumerate(path[:-1]):
-        match = _INDEXED.match(part)
-        if match and (i == 0 or path[i - 1] != "mid"):
-            parts += [match[1], match[2]]
-        else:
-            parts.append(part)
-    leaf = "weight" if path[-1] in ("kernel", "scale") else path[-1]
-    return ".".join([*parts, leaf])
-
-
-def convert_torch_state_dict(state: Mapping[str, np.ndarray], cfg: ConfigLike) -> dict:
-    """Maps an official ``VQModelTorch`` state dict onto float32 Flax params, strictly.
-
-    Raises ``ConversionError`` naming every unused key, every missing parameter (both as Flax path and as
-    the PyTorch key it expects) and every shape mismatch. ``loss.*`` entries are ignored.
-    """
-    target = param_shapes(cfg)
-    try:
-        return torch_convert.convert_state_dict(state, target, torch_key_to_path)
-    except torch_convert.ConversionError as err:
-        expected = {path_to_torch_key(p) for p in traverse_util.flatten_dict(target)}
-        missing = sorted(expected - set(state))
-        if missing:
-            raise torch_convert.ConversionError(
-                f"{err} | {len(missing)} missing checkpoint key(s): {', '.join(missing)}") from None
-        raise
