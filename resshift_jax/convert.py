@@ -51,7 +51,7 @@ def section(config: ml_collections.ConfigDict, part: str) -> ml_collections.Conf
     return config[name]
 
 
-def convert_state_dict(state: Mapping[str, np.ndarray], config: ml_collections.ConfigDict, part: str) -> dict:
+def convert_part_state_dict(state: Mapping[str, np.ndarray], config: ml_collections.ConfigDict, part: str) -> dict:
     """State dict -> Flax params of the UNet (``config.model``) or the VQ autoencoder (``config.autoencoder``)."""
     if part == "unet":
         return convert_keys.convert_unet_state_dict(state, section(config, part))
@@ -79,7 +79,7 @@ def convert_checkpoint(
         part = detect_part(state)
     elif part not in PARTS:
         raise ValueError(f"part must be 'auto' or one of {PARTS}, got {part!r}")
-    params = convert_state_dict(state, config, part)
+    params = convert_part_state_dict(state, config, part)
     if out is not None:
         metadata = {
             "source": os.fspath(src),

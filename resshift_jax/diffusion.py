@@ -390,9 +390,9 @@ def restore_lq(
     _check_image("y", y)
     height, width = y.shape[1], y.shape[2]
     if pad_multiple is not None:
-        y = tiling.pad_to_multiple(y, pad_multiple)
+        y = tiling.pad_image_to_multiple(y, pad_multiple)
         if cond is not None:
-            cond = jax.tree_util.tree_map(lambda c: tiling.pad_to_multiple(c, pad_multiple), cond)
+            cond = jax.tree_util.tree_map(lambda c: tiling.pad_image_to_multiple(c, pad_multiple), cond)
     lq = y if cond is None else cond
     z_y = encode_first_stage(encode_fn, sched, y, up_sample=True)
     z_0 = sample(model_fn, sched, z_y, lq, noise_T, step_noises=step_noises, key=key,

@@ -8,7 +8,7 @@ Semantics follow the official ResShift chopping (``ImageSpliterTh`` + ``ResShift
 * overlapping outputs are **averaged uniformly** (per-pixel counts) in the official code; a Gaussian weighting
   (StableSR-style, sigma = ``gaussian_sigma`` x tile side, centred) is available as an option;
 * the official sampler pads each network input with **reflect** padding at the bottom/right to a multiple of
-  ``padding_offset`` and crops the output back (:func:`pad_to_multiple`, :func:`with_padding`).
+  ``padding_offset`` and crops the output back (:func:`pad_image_to_multiple`, :func:`with_padding`).
 
 Everything is static-shape: tiles are gathered with ``lax.dynamic_slice`` and processed ``batch_size`` tiles
 at a time inside one ``lax.scan`` (the per-tile function is traced once), outputs are accumulated in place and
@@ -27,10 +27,10 @@ PAD_MODES = {"reflect": "reflect", "replicate": "edge", "edge": "edge", "symmetr
              "constant": "constant"}
 
 
-def pad_to_multiple(x: jax.Array, multiple: int, mode: str = "reflect") -> jax.Array:
+def pad_image_to_multiple(x: jax.Array, multiple: int, mode: str = "reflect") -> jax.Array:
     """Pads NHWC ``x`` at the bottom/right so H and W become multiples of ``multiple`` (reflect = official)."""
     if x.ndim != 4:
-        raise ValueError(f"pad_to_multiple expects NHWC (4 dims), got shape {x.shape}")
+        raise ValueError(f"pad_image_to_multiple expects NHWC (4 dims), got shape {x.shape}")
     if int(multiple) != multiple or multiple < 1:
         raise ValueError(f"multiple must be a positive integer, got {multiple!r}")
     if mode not in PAD_MODES:
@@ -48,7 +48,7 @@ def with_padding(fn: Callable[[jax.Array], jax.Array], multiple: int, mode: str 
 
     def wrapped(x: jax.Array, *args: Any) -> jax.Array:
         height, width = x.shape[1], x.shape[2]
-        padded = pad_to_multiple(x, multiple, mode)
+        padded = pad_image_to_multiple(x, multiple, mode)
         out = fn(padded, *args)
         scale = out.shape[1] // padded.shape[1]
         return out[:, : height * scale, : width * scale]

@@ -161,7 +161,7 @@ def test_face_restoration_config_with_f8_autoencoder(load_fixture):
     cfg.padding_offset = cfg.model.lq_size
     unet = unet_swin.model_from_config(cfg)
     unet_params = jax.jit(lambda k: unet_swin.init_params(unet, k))(jax.random.key(0))
-    vq_params = convert.convert_state_dict(state_dict(vfx), cfg, "autoencoder")
+    vq_params = convert.convert_part_state_dict(state_dict(vfx), cfg, "autoencoder")
     restore = pipeline.make_restorer(cfg)
     lq = photo("astronaut", 50, 40)
     out = np.asarray(restore(lq, unet_params, vq_params, jax.random.key(1)))

@@ -133,14 +133,14 @@ def test_with_index_gives_each_call_its_index():
 
 def test_pad_to_multiple_is_torch_reflect():
     x = _rand((1, 13, 21, 3), seed=4)
-    got = tiling.pad_to_multiple(x, 8)
+    got = tiling.pad_image_to_multiple(x, 8)
     want = F.pad(torch.from_numpy(np.array(x).transpose(0, 3, 1, 2).copy()), (0, 3, 0, 3), mode="reflect")
     np.testing.assert_array_equal(np.asarray(got), want.numpy().transpose(0, 2, 3, 1))
-    rep = tiling.pad_to_multiple(x, 8, mode="replicate")
+    rep = tiling.pad_image_to_multiple(x, 8, mode="replicate")
     np.testing.assert_array_equal(np.asarray(rep)[:, 13:, :21], np.repeat(np.asarray(x)[:, 12:13], 3, axis=1))
-    assert tiling.pad_to_multiple(x, 1) is x
+    assert tiling.pad_image_to_multiple(x, 1) is x
     with pytest.raises(ValueError, match="pad mode"):
-        tiling.pad_to_multiple(x, 8, mode="wrap")
+        tiling.pad_image_to_multiple(x, 8, mode="wrap")
 
 
 def test_with_padding_composes_with_tiling():
