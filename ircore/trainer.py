@@ -127,6 +127,34 @@ def _split_micro(x: jax.Array, accum: int, mesh: Mesh) -> jax.Array:
     return jax.lax.with_sharding_constraint(y, NamedSharding(mesh, P(None, mesh_lib.BATCH_AXES)))
 
 
+def _mean_over_micro_batches(micro: Callable, params: Any, batch: Any, key: jax.Array, accum_steps: int,
+                             mesh: Mesh) -> tuple[Any, dict]:
+    """Mean ``(grads, metrics)`` of ``micro(params, micro_batch, fold_in(key, a))`` over the ``accum_steps``
+    micro-batches ``a`` of ``batch`` (:func:`_split_micro`), summed in a ``lax.scan``."""
+    micro_batches = jax.tree_util.tree_map(lambda x: _split_micro(x, accum_steps, mesh), batch)
+    first = jax.tree_util.tree_map(lambda x: x[0], micro_batches)
+    shapes = jax.eval_shape(micro, params, first, key)
+    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+    def body(carry, xs):
+        mb, a = xs
+        g, m = micro(params, mb, jax.random.fold_in(key, a))
+        return jax.tree_util.tree_map(jnp.add, carry, (g, m)), None
+
+    total, _ = jax.lax.scan(body, zeros, (micro_batches, jnp.arange(accum_steps)))
+    return jax.tree_util.tree_map(lambda x: x / accum_steps, total)
+
+
+def ema_decay_at(step: jax.Array, ema_decay: float, warmup: bool) -> jax.Array:
+    """The EMA decay of update ``step`` (int scalar): ``ema_decay``, or with ``warmup``
+    ``min(ema_decay, (1 + step) / (10 + step))``; float32 scalar."""
+    decay = jnp.float32(ema_decay)
+    if warmup:
+        n = step.astype(jnp.float32)
+        decay = jnp.minimum(decay, (1.0 + n) / (10.0 + n))
+    return decay
+
+
 def make_train_step(
     loss_fn: LossFn,
     tx: optax.GradientTransformation,
@@ -160,25 +188,10 @@ def make_train_step(
         if accum_steps == 1:
             grads, metrics = micro(state.params, batch, key)
         else:
-            micro_batches = jax.tree_util.tree_map(lambda x: _split_micro(x, accum_steps, mesh), batch)
-            first = jax.tree_util.tree_map(lambda x: x[0], micro_batches)
-            shapes = jax.eval_shape(micro, state.params, first, key)
-            zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-
-            def body(carry, xs):
-                mb, a = xs
-                g, m = micro(state.params, mb, jax.random.fold_in(key, a))
-                return jax.tree_util.tree_map(jnp.add, carry, (g, m)), None
-
-            (grads, metrics), _ = jax.lax.scan(body, zeros, (micro_batches, jnp.arange(accum_steps)))
-            grads, metrics = jax.tree_util.tree_map(lambda x: x / accum_steps, (grads, metrics))
-
+            grads, metrics = _mean_over_micro_batches(micro, state.params, batch, key, accum_steps, mesh)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        decay = jnp.float32(ema_decay)
-        if ema_warmup:
-            n = state.step.astype(jnp.float32)
-            decay = jnp.minimum(decay, (1.0 + n) / (10.0 + n))
+        decay = ema_decay_at(state.step, ema_decay, ema_warmup)
         ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
         metrics = {**metrics, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
         metrics = jax.tree_util.tree_map(lambda m: jnp.asarray(m, jnp.float32), metrics)
