@@ -24,7 +24,7 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ircore import trainer  # noqa: E402
+from ircore import mesh as mesh_lib  # noqa: E402
 from ircore.config_utils import load_config_file  # noqa: E402
 from resshift_jax import train as rtrain  # noqa: E402
 
@@ -87,7 +87,7 @@ def main(argv=None) -> dict:
     rows = tr.local_rows
     rng = np.random.default_rng(0)
     local = {"hq": rng.integers(0, 256, (rows[1] - rows[0], crop, crop, 3), dtype=np.uint8)}
-    batch = trainer.to_global(local, tr.mesh, tr.global_batch)
+    batch = mesh_lib.to_global(local, tr.mesh, tr.global_batch)
     state = tr.init_state()
 
     t0 = time.perf_counter()

@@ -29,20 +29,13 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from deqir_jax import models, schedule
-from ircore import data, trainer
+from ircore import data, train_cli, trainer
 
 
 class TrainSetupError(ValueError):
     """A user-facing configuration problem (unsupported model head, bad schedule, ...)."""
-
-
-def diffusion_config() -> ml_collections.ConfigDict:
-    """The ``diffusion`` section: the linear beta schedule of the DeqIR samplers."""
-    return ml_collections.ConfigDict({"beta_start": 1e-4, "beta_end": 2e-2,
-                                      "num_steps": schedule.NUM_DIFFUSION_TIMESTEPS})
 
 
 def alphas_cumprod(cfg: Any) -> jax.Array:
@@ -140,14 +133,14 @@ def train(cfg: Any, workdir: str | os.PathLike, *, export: str | None = None, ov
         raise TrainSetupError(f"export folder {export} already exists; pass --overwrite to replace it")
     tr = build_trainer(cfg, workdir, print_fn=print_fn)
     meta = {"kind": "deqir_prior", "model": cfg.model.to_dict(), "diffusion": cfg.diffusion.to_dict()}
-    return trainer.fit_task(tr, cfg, workdir, export=export, overwrite=overwrite, export_metadata=meta,
-                            print_fn=print_fn)
+    return train_cli.fit_task(tr, cfg, workdir, export=export, overwrite=overwrite, export_metadata=meta,
+                              print_fn=print_fn)
 
 
 # ----------------------------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> None:
-    trainer.train_cli(train, config_help="prior training config (configs/deqir/*.py)",
-                      errors=(TrainSetupError, FileExistsError), argv=argv)
+    train_cli.train_cli(train, config_help="prior training config (configs/deqir/*.py)",
+                        errors=(TrainSetupError, FileExistsError), argv=argv)
 
 
 if __name__ == "__main__":

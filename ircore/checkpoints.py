@@ -1,6 +1,7 @@
-"""Saving and restoring parameter trees with orbax, with a JSON metadata record beside them.
+"""orbax checkpoints: parameter trees (the samplers' weights) and training states (the train loop's).
 
-A checkpoint is one directory written by orbax's composite checkpointer::
+Parameter checkpoints (:func:`save_params` / :func:`restore_params` / :func:`restore_metadata`): one directory
+written by orbax's composite checkpointer::
 
     <directory>/params/      the parameter pytree (orbax StandardSave: OCDBT/zarr arrays)
     <directory>/metadata/    the metadata dict as JSON (config, provenance, ...)
@@ -10,6 +11,12 @@ to ``<directory>`` only once every item is complete, so an interrupted save leav
 or a temporary one that :func:`restore_params` refuses (orbax checks that the path is finalized). With
 ``overwrite=True`` the new checkpoint is first written completely under a temporary name and only then swapped
 in for the old one, so a failed save never destroys the existing checkpoint.
+
+Training checkpoints (:class:`TrainCheckpoints`): an orbax ``CheckpointManager`` under
+``workdir/checkpoints`` with one numbered step folder per save, each holding the train state (item ``state``)
+and a JSON record (item ``meta``: step, data position, config). Saves run in the background; orbax writes each
+step into a temporary folder and renames it when complete, so a save interrupted by a kill leaves the previous
+step as the latest usable one. :func:`export_ema` turns a train state into a parameter checkpoint.
 """
 from __future__ import annotations
 
@@ -18,14 +25,18 @@ import os
 import pathlib
 import shutil
 import uuid
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 PARAMS_ITEM = "params"
 METADATA_ITEM = "metadata"
+STATE_ITEM = "state"
+META_ITEM = "meta"
+CHECKPOINT_DIR = "checkpoints"
 
 
 def _checkpointer() -> ocp.Checkpointer:
@@ -48,6 +59,12 @@ def _metadata_dict(metadata: Mapping[str, Any] | None) -> dict:
         return json.loads(json.dumps(dict(metadata)))
     except (TypeError, ValueError) as err:
         raise ValueError(f"checkpoint metadata is not JSON-serialisable: {err}") from None
+
+
+def _save_args(tree_item: str, tree: Any, json_item: str, record: Mapping[str, Any] | None) -> ocp.args.Composite:
+    """orbax arguments that save the pytree ``tree`` as ``tree_item`` and the JSON ``record`` as ``json_item``."""
+    return ocp.args.Composite(**{tree_item: ocp.args.StandardSave(tree),
+                                 json_item: ocp.args.JsonSave(_metadata_dict(record))})
 
 
 def _absolute(directory: str | os.PathLike) -> pathlib.Path:
@@ -73,9 +90,7 @@ def save_params(
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"checkpoint path {path} exists and is not a directory")
     path.parent.mkdir(parents=True, exist_ok=True)
-    args = ocp.args.Composite(
-        **{PARAMS_ITEM: ocp.args.StandardSave(params), METADATA_ITEM: ocp.args.JsonSave(meta)}
-    )
+    args = _save_args(PARAMS_ITEM, params, METADATA_ITEM, meta)
     if not path.exists():
         _checkpointer().save(path, args=args)
         return path
@@ -95,8 +110,6 @@ def save_params(
         os.replace(staged, path)
         shutil.rmtree(retired, ignore_errors=True)
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils  # noqa: PLC0415
-
         multihost_utils.sync_global_devices(f"ircore.checkpoints.save_params:{path}")
     return path
 
@@ -153,3 +166,65 @@ def restore_metadata(directory: str | os.PathLike) -> dict:
         return {}
     restored = _checkpointer().restore(path, args=ocp.args.Composite(**{METADATA_ITEM: ocp.args.JsonRestore()}))
     return dict(restored[METADATA_ITEM])
+
+
+# ----------------------------------------------------------------------------------------------- training
+class TrainCheckpoints:
+    """orbax ``CheckpointManager`` for a train state (any pytree) plus a JSON ``meta`` record per step.
+
+    Args:
+      directory: the manager's folder (the train loop uses ``workdir/checkpoints``).
+      every: the save interval in steps (saves with ``force=True`` ignore it).
+      keep: how many of the latest steps to keep.
+      async_save: write in the background (:meth:`wait` blocks until the writes are done).
+    """
+
+    def __init__(self, directory: str | os.PathLike, *, every: int, keep: int, async_save: bool = True):
+        self.directory = _absolute(directory)
+        options = ocp.CheckpointManagerOptions(
+            save_interval_steps=max(int(every), 1),
+            max_to_keep=keep,
+            enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True,
+            create=True,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=(STATE_ITEM, META_ITEM))
+
+    def latest_step(self) -> Optional[int]:
+        """The newest finished step, or ``None`` when there is none."""
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        """Every finished step still kept, oldest first."""
+        return list(self.manager.all_steps())
+
+    def save(self, step: int, state: Any, meta: Mapping[str, Any], *, force: bool = False) -> bool:
+        """Starts a save (returns at once, the write goes on in the background) when ``step`` is on the interval
+        or ``force``; returns whether one was started. Note that orbax also saves the first step it is offered
+        when no checkpoint exists yet unless the caller filters (the train loop passes only due steps)."""
+        return self.manager.save(int(step), args=_save_args(STATE_ITEM, state, META_ITEM, meta), force=force)
+
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+        """``(state, meta)`` of ``step``; ``abstract_state`` (``ShapeDtypeStruct`` leaves with shardings) gives
+        the structure, dtypes and placement."""
+        restored = self.manager.restore(
+            int(step),
+            args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(abstract_state),
+                                       META_ITEM: ocp.args.JsonRestore()}),
+        )
+        return restored[STATE_ITEM], dict(restored[META_ITEM])
+
+    def wait(self) -> None:
+        """Blocks until every background save has finished."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def export_ema(state: Any, directory: str | os.PathLike, metadata: Mapping[str, Any] | None = None, *,
+               overwrite: bool = False) -> pathlib.Path:
+    """Writes ``state.ema_params`` of a train state as a parameter checkpoint (:func:`save_params`), the form
+    the samplers load; ``metadata`` gets ``step`` added. Call it on every process (the arrays may be sharded)."""
+    meta = {**_metadata_dict(metadata), "step": int(jax.device_get(state.step))}
+    return save_params(directory, state.ema_params, meta, overwrite=overwrite)

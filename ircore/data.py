@@ -7,10 +7,10 @@ inside the train step, the DeqIR prior is trained on the clean images themselves
 Order and randomness depend only on the seed and the position: element ``i`` of the endless stream is image
 ``shuffle_epoch(i // N)[i % N]`` (grain re-shuffles every epoch) with a random crop / flip drawn from a
 generator seeded by ``(seed, i)``. Global batch ``s`` is elements ``s*B .. s*B + B - 1``; a process loads only
-its rows of it (:func:`ircore.trainer.local_batch_rows`). A run resumed at step ``s`` therefore sees exactly
+its rows of it (:func:`ircore.mesh.local_batch_rows`). A run resumed at step ``s`` therefore sees exactly
 the batches an uninterrupted run would, with any number of processes, workers or threads.
 
-Sources (``data`` config section, see :func:`default_config`):
+Sources (``data`` config section, see :func:`ircore.train_config.data_defaults`):
 
 * ``source="tfds"``: ``tfds.data_source(tfds_name, split=..., data_dir=...)`` (any builder prepared in the
   ``array_record`` format; ``image_key`` names the image feature);
@@ -29,36 +29,11 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator, Sequence
 
-import ml_collections
+import grain
 import numpy as np
 from PIL import Image
 
-from ircore import images
-
-
-def default_config() -> ml_collections.ConfigDict:
-    """The ``data`` section: a training source and a held-out validation source."""
-    source = {
-        "source": "folder",  # "folder" or "tfds"
-        "folder": "",  # folder (searched recursively) or .txt file list
-        "tfds_name": "",
-        "tfds_split": "train",
-        "tfds_data_dir": None,
-        "image_key": "image",
-        "photos_split": "train",  # source="photos": "train" or "heldout" (ircore.photos)
-    }
-    return ml_collections.ConfigDict({
-        **source,
-        "crop_size": 256,
-        "rescale": True,  # square crop of side max(min(h, w), crop_size), area-resized to crop_size
-        "random_scale": False,  # with rescale: side log-uniform in [crop_size, max(min(h, w), crop_size)]
-        "native_fraction": 0.0,  # with random_scale: this fraction of crops at native pixels (side crop_size)
-        "hflip": True,
-        "num_workers": 0,  # grain worker processes (0 = in the main process)
-        "num_threads": 4,  # reader threads per process / worker
-        "prefetch": 4,  # batches buffered ahead
-        "eval": {**source, "tfds_split": "validation", "num_images": 8, "batch": 8},
-    })
+from ircore import images, photos
 
 
 # ----------------------------------------------------------------------------------------------- sources
@@ -155,8 +130,6 @@ def open_source(cfg: Any) -> Any:
                              f"{cfg.tfds_data_dir or 'the default data_dir'}: {first}") from None
         return _FeatureSource(source, cfg.image_key)
     if kind == "photos":
-        from ircore import photos  # noqa: PLC0415
-
         split = cfg.get("photos_split", "train")
         if split not in photos.SPLITS:
             raise ValueError(f"data.photos_split must be one of {sorted(photos.SPLITS)}, got {split!r}")
@@ -241,8 +214,6 @@ def _ensure_absl_flags_parsed() -> None:
 
 def element_stream(source: Any, cfg: Any, seed: int) -> Any:
     """The endless, per-epoch shuffled stream of random HQ crops (a ``grain.MapDataset``, random access)."""
-    import grain  # noqa: PLC0415 (configs import this module for default_config)
-
     if len(source) == 0:
         raise ValueError("the training data source is empty")
     return (grain.MapDataset.source(source).seed(int(seed)).shuffle().repeat(None)
@@ -264,8 +235,6 @@ def make_train_batches(
     gather = _GatherRows(elements, int(global_batch), (int(rows[0]), int(rows[1])))
 
     def batches(start_step: int) -> Iterator[dict]:
-        import grain  # noqa: PLC0415
-
         steps = grain.MapDataset.range(int(start_step), 2**62).map(gather)
         ds = steps.to_iter_dataset(grain.ReadOptions(num_threads=max(int(cfg.num_threads), 1),
                                                      prefetch_buffer_size=max(int(cfg.prefetch), 1)))

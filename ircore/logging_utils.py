@@ -12,9 +12,12 @@ import json
 import math
 import os
 import pathlib
+import struct
 from typing import Any, Mapping
 
 import numpy as np
+
+from ircore import files
 
 JSONL_NAME = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -89,9 +92,7 @@ class MetricLogger:
                 continue
             if record.get("step", 0) <= step:
                 kept.append(line)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
-        os.replace(tmp, path)
+        files.write_text(path, "".join(f"{line}\n" for line in kept))
         self._jsonl = open(path, "a", encoding="utf-8")
 
     def scalars(self, step: int, values: Mapping[str, Any], *, kind: str = "train", echo: bool = True) -> None:
@@ -149,8 +150,6 @@ def read_tensorboard_scalars(logdir: str | os.PathLike) -> dict[str, list[tuple[
     A small TFRecord reader (length, crc, payload, crc) over ``tensorboardX``'s ``Event`` proto, so that tests
     and scripts can check event files without TensorFlow or TensorBoard.
     """
-    import struct  # noqa: PLC0415
-
     from tensorboardX.proto import event_pb2  # noqa: PLC0415
 
     out: dict[str, list[tuple[int, float]]] = {}

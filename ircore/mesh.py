@@ -1,18 +1,21 @@
 """Device meshes and shardings used across the project.
 
-Small helpers only:
-
-* :func:`make_mesh` builds a :class:`jax.sharding.Mesh` (default: every device on one axis).
+* :func:`make_mesh` builds a :class:`jax.sharding.Mesh` with any axis names (default: every device on one
+  ``"time"`` axis, the DeqIR samplers; the trainer uses :data:`BATCH_AXES` = ``("data", "fsdp")``).
 * :func:`time_sharding` / :func:`replicated` give the two shardings the samplers use:
   arrays split along their leading axis, or copied on every device.
 * :func:`pad_to_multiple` / :func:`unpad` pad the leading axis so it divides evenly over a mesh.
+* Training (a ``("data", "fsdp")`` mesh): :func:`fsdp_spec` / :func:`tree_shardings` /
+  :func:`put_replicated_or_sharded` split big parameter leaves over ``fsdp`` (ZeRO-3 style), and
+  :func:`batch_sharding` / :func:`local_batch_rows` / :func:`to_global` turn this process's rows of a batch
+  into global arrays split over ``data`` x ``fsdp``.
 * :func:`initialize_distributed` wraps :func:`jax.distributed.initialize` for multi-host runs.
 """
 from __future__ import annotations
 
 import math
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +23,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DEFAULT_AXIS = "time"
+DATA_AXIS = "data"
+FSDP_AXIS = "fsdp"
+BATCH_AXES = (DATA_AXIS, FSDP_AXIS)
 
 
 def make_mesh(
@@ -113,6 +119,74 @@ def constrain(x: jax.Array, sharding: NamedSharding | None) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, sharding)
 
 
+# ----------------------------------------------------------------------------------------------- training
+def fsdp_spec(shape: tuple[int, ...], mesh: Mesh, min_size: int) -> PartitionSpec:
+    """Splits the largest dimension of ``shape`` divisible by the ``fsdp`` size over ``fsdp`` when the leaf has
+    at least ``min_size`` elements; else replicates (``PartitionSpec()``)."""
+    n = mesh.shape[FSDP_AXIS]
+    if n == 1 or math.prod(shape) < min_size:
+        return PartitionSpec()
+    best = None
+    for i, d in enumerate(shape):
+        if d % n == 0 and (best is None or d >= shape[best]):
+            best = i
+    if best is None:
+        return PartitionSpec()
+    spec = [None] * len(shape)
+    spec[best] = FSDP_AXIS
+    return PartitionSpec(*spec)
+
+
+def tree_shardings(tree: Any, mesh: Mesh, min_size: int) -> Any:
+    """:func:`fsdp_spec` shardings for every leaf of ``tree`` (arrays or ``ShapeDtypeStruct``)."""
+    return jax.tree_util.tree_map(
+        lambda x: NamedSharding(mesh, fsdp_spec(tuple(np.shape(x)), mesh, min_size)), tree
+    )
+
+
+def put_replicated_or_sharded(tree: Any, mesh: Mesh, min_size: int) -> Any:
+    """Host arrays (identical on every process) -> device arrays with :func:`tree_shardings`."""
+    shardings = tree_shardings(tree, mesh, min_size)
+    return jax.tree_util.tree_map(
+        lambda x, s: jax.make_array_from_callback(np.shape(x), s, lambda idx, x=x: np.asarray(x)[idx]),
+        tree, shardings,
+    )
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis split over ``data`` x ``fsdp``."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def local_batch_rows(mesh: Mesh, global_batch: int) -> tuple[int, int]:
+    """``(start, stop)``: the rows of a global batch that live on this process's devices (contiguous)."""
+    sharding = batch_sharding(mesh)
+    if global_batch % sharding.num_devices:
+        raise ValueError(
+            f"global batch {global_batch} is not divisible by the {sharding.num_devices} devices of the mesh"
+        )
+    rows = set()
+    for index in sharding.addressable_devices_indices_map((global_batch,)).values():
+        rows.update(range(*index[0].indices(global_batch)))
+    start, stop = min(rows), max(rows) + 1
+    if len(rows) != stop - start:
+        raise ValueError("this process's batch rows are not contiguous; order the mesh devices by process")
+    return start, stop
+
+
+def to_global(local: Any, mesh: Mesh, global_batch: int) -> Any:
+    """Process-local batch (numpy leaves of shape ``(rows, ...)``, this process's rows) -> global arrays of
+    shape ``(global_batch, ...)`` split over ``data`` x ``fsdp``."""
+    sharding = batch_sharding(mesh)
+
+    def one(x):
+        x = np.asarray(x)
+        return jax.make_array_from_process_local_data(sharding, x, (global_batch,) + x.shape[1:])
+
+    return jax.tree_util.tree_map(one, local)
+
+
+# ----------------------------------------------------------------------------------------------- processes
 def initialize_distributed(
     coordinator_address: str | None = None,
     num_processes: int | None = None,

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ircore import checkpoints, data, lpips, metrics, trainer
+from ircore import checkpoints, data, lpips, metrics, train_cli, trainer
 from ircore.layers import dtype_by_name
 from resshift_jax import diffusion, networks
 from resshift_jax.models import unet_swin, vq
@@ -263,14 +263,14 @@ def train(cfg: Any, workdir: str | os.PathLike, *, export: Optional[str] = None,
         raise TrainSetupError(f"export folder {export} already exists; pass --overwrite to replace it")
     tr = build_trainer(cfg, workdir, print_fn=print_fn)
     meta = {"part": "unet", "config_name": cfg.get("name", ""), "model": cfg.model.to_dict()}
-    return trainer.fit_task(tr, cfg, workdir, export=export, overwrite=overwrite, export_metadata=meta,
-                            print_fn=print_fn)
+    return train_cli.fit_task(tr, cfg, workdir, export=export, overwrite=overwrite, export_metadata=meta,
+                              print_fn=print_fn)
 
 
 # ----------------------------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> None:
-    trainer.train_cli(train, config_help="ResShift config file (configs/resshift/*.py)",
-                      errors=(TrainSetupError, FileExistsError), argv=argv)
+    train_cli.train_cli(train, config_help="ResShift config file (configs/resshift/*.py)",
+                        errors=(TrainSetupError, FileExistsError), argv=argv)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""ircore.checkpoints: round trip, metadata, overwrite refusal, interrupted writes never restorable."""
+"""ircore.checkpoints: parameter checkpoints (round trip, metadata, overwrite refusal, interrupted writes never
+restorable) and training checkpoints (interval, keep, sharded restore, meta record, EMA export)."""
 from __future__ import annotations
 
 import jax
@@ -9,6 +10,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from ircore import checkpoints
+from ircore import mesh as mesh_lib
 
 
 def _params():
@@ -119,3 +121,66 @@ def test_interrupted_overwrite_keeps_old_checkpoint(tmp_path, monkeypatch):
     _assert_same(checkpoints.restore_params(path), _params())
     assert checkpoints.restore_metadata(path) == {"version": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+# ----------------------------------------------------------------------------------------------- training
+class _State:
+    """The two fields of a train state that :func:`checkpoints.export_ema` reads."""
+
+    def __init__(self, step, ema_params):
+        self.step, self.ema_params = step, ema_params
+
+
+def _train_state(step: int, mesh) -> dict:
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("fsdp", None))
+    kernel = jax.device_put(np.arange(64 * 8, dtype=np.float32).reshape(64, 8) * step, sharding)
+    return {"step": jnp.asarray(step, jnp.int32), "params": {"kernel": kernel, "bias": jnp.full(8, step, jnp.bfloat16)}}
+
+
+def test_train_checkpoints_interval_keep_and_sharded_restore(tmp_path):
+    mesh = mesh_lib.make_mesh(mesh_lib.BATCH_AXES, (2, 4))
+    ckpt = checkpoints.TrainCheckpoints(tmp_path / checkpoints.CHECKPOINT_DIR, every=2, keep=2)
+    assert ckpt.latest_step() is None and ckpt.all_steps() == []
+    # orbax saves the first step offered while none exists, then only steps on the interval
+    started = [ckpt.save(s, _train_state(s, mesh), {"step": s, "data_step": s}) for s in range(1, 7)]
+    assert started == [True, True, False, True, False, True]
+    assert not ckpt.save(7, _train_state(7, mesh), {"step": 7})  # off the interval
+    ckpt.wait()
+    assert ckpt.all_steps() == [4, 6] and ckpt.latest_step() == 6  # keep=2
+    items = {p.name for p in (tmp_path / "checkpoints" / "6").iterdir()}
+    assert {checkpoints.META_ITEM, checkpoints.STATE_ITEM} <= items
+    abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
+                                      _train_state(1, mesh))
+    state, meta = ckpt.restore(4, abstract)
+    assert meta == {"step": 4, "data_step": 4}
+    _assert_same(state, _train_state(4, mesh))
+    assert state["params"]["kernel"].sharding.spec == jax.sharding.PartitionSpec("fsdp", None)
+    assert ckpt.save(9, _train_state(9, mesh), {"step": 9}, force=True)  # forced off the interval
+    ckpt.wait()
+    assert ckpt.all_steps() == [6, 9]
+    ckpt.close()
+    reopened = checkpoints.TrainCheckpoints(tmp_path / "checkpoints", every=2, keep=2)
+    assert reopened.latest_step() == 9
+    reopened.close()
+
+
+def test_train_checkpoint_meta_must_be_json(tmp_path):
+    ckpt = checkpoints.TrainCheckpoints(tmp_path / "c", every=1, keep=1, async_save=False)
+    with pytest.raises(ValueError, match="checkpoint metadata is not JSON-serialisable"):
+        ckpt.save(1, {"w": jnp.ones(2)}, {"bad": object()})
+    assert ckpt.all_steps() == []
+    ckpt.close()
+
+
+def test_export_ema_writes_a_parameter_checkpoint(tmp_path):
+    ema = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3, jnp.bfloat16)}
+    state = _State(jnp.asarray(42, jnp.int32), ema)
+    path = checkpoints.export_ema(state, tmp_path / "export", {"kind": "toy", "step": -1})
+    _assert_same(checkpoints.restore_params(path), ema)
+    assert checkpoints.restore_metadata(path) == {"kind": "toy", "step": 42}  # the state's step wins
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        checkpoints.export_ema(state, path)
+    later = _State(jnp.asarray(43, jnp.int32), {"w": jnp.zeros((2, 3))})
+    checkpoints.export_ema(later, path, overwrite=True)
+    assert checkpoints.restore_metadata(path) == {"step": 43}
+    _assert_same(checkpoints.restore_params(path), {"w": np.zeros((2, 3), np.float32)})

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
-from ircore import data, images
+from ircore import data, images, train_config
 
 
 def _photos():
@@ -30,7 +30,7 @@ def photo_folder(tmp_path_factory):
 
 
 def _cfg(folder, **kw):
-    cfg = data.default_config()
+    cfg = train_config.data_defaults()
     cfg.folder = str(folder)
     cfg.crop_size = 32
     cfg.num_threads = 2
@@ -142,7 +142,7 @@ def _make_tfds(data_dir):
 
 def test_tfds_data_source(tmp_path):
     name = _make_tfds(tmp_path)
-    cfg = data.default_config()
+    cfg = train_config.data_defaults()
     cfg.update(dict(source="tfds", tfds_name=name, tfds_data_dir=str(tmp_path), crop_size=32, num_threads=2))
     batches = data.make_train_batches(cfg, seed=0, global_batch=2, rows=(0, 2))
     got = _take(batches(0), 3)

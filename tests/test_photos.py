@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ircore import data, images, photos
+from ircore import data, images, photos, train_config
 
 
 def test_split_is_disjoint_and_complete():
@@ -39,14 +39,14 @@ def test_unknown_names_and_splits_are_refused():
         photos.bundled_path("astronaut")
     with pytest.raises(ValueError, match="unknown photo split"):
         photos.split_paths("test")
-    cfg = data.default_config()
+    cfg = train_config.data_defaults()
     cfg.source, cfg.photos_split = "photos", "validation"
     with pytest.raises(ValueError, match="photos_split must be one of"):
         data.open_source(cfg)
 
 
 def test_photos_source_serves_the_split_from_memory():
-    cfg = data.default_config()
+    cfg = train_config.data_defaults()
     cfg.source = "photos"
     train = data.open_source(cfg)
     assert isinstance(train, data.InMemorySource) and len(train) == len(photos.TRAIN)

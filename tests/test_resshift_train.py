@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ircore import data, logging_utils, trainer
+from ircore import checkpoints, data, logging_utils
+from ircore.compiling import FAST_COMPILE_OPTIONS
 from ircore.config_utils import load_config_file
 from resshift_jax import diffusion
 from resshift_jax import train as rtrain
@@ -85,7 +86,7 @@ def test_loss_matches_the_diffusion_library_step_by_step():
         return loss, aux, jnp.mean(want), lq.shape
 
     key = jax.random.key(5)
-    compiled = jax.jit(both).lower(key).compile(compiler_options=trainer.FAST_COMPILE_OPTIONS)
+    compiled = jax.jit(both).lower(key).compile(compiler_options=FAST_COMPILE_OPTIONS)
     loss, aux, want, _ = compiled(key)
     np.testing.assert_allclose(float(loss), float(want), rtol=1e-5)
     np.testing.assert_allclose(float(aux["mse"]), float(loss), rtol=1e-6)
@@ -140,7 +141,7 @@ def test_cli_sigkill_during_save_then_resume_matches_uninterrupted(tmp_path):
     tr = rtrain.build_trainer(cfg, tmp_path / "unused", print_fn=None)
     states = []
     for name in ("ref", "run"):
-        ckpt = trainer.Checkpoints(tmp_path / name / "checkpoints", every=2, keep=5)
+        ckpt = checkpoints.TrainCheckpoints(tmp_path / name / "checkpoints", every=2, keep=5)
         assert ckpt.latest_step() == 5
         states.append(ckpt.restore(5, tr.abstract_state)[0])
         ckpt.close()
@@ -171,7 +172,7 @@ def test_sigterm_cli_makes_a_final_save(tmp_path):
     assert proc.returncode == 0, out
     step = int(out.split("preempted: saved step ")[1].split()[0])
     assert step >= 2
-    ckpt = trainer.Checkpoints(tmp_path / "run" / "checkpoints", every=1000, keep=3)
+    ckpt = checkpoints.TrainCheckpoints(tmp_path / "run" / "checkpoints", every=1000, keep=3)
     assert ckpt.all_steps() == [step]
     ckpt.close()
 

@@ -1,4 +1,4 @@
-"""ircore.trainer with a toy regression model: schedule, sharding, accumulation, EMA, logs, checkpoints,
+"""ircore.trainer with a toy regression model: schedule, sharded state, accumulation, EMA, logs, checkpoints,
 exact resume, SIGTERM, and a SIGKILL during an asynchronous save (subprocess)."""
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import numpy as np
 import optax
 import pytest
 
-from ircore import logging_utils, trainer
+from ircore import checkpoints, logging_utils, train_config, trainer
+from ircore import mesh as mesh_lib
 
 DIM_IN, DIM_OUT = 64, 32
 
@@ -47,7 +48,7 @@ def toy_batches(rows, seed=0):
 
 
 def toy_config(**overrides):
-    cfg = trainer.default_config()
+    cfg = train_config.train_defaults()
     cfg.update(dict(global_batch=16, total_steps=8, lr=1e-2, lr_min=1e-3, warmup_steps=2, log_every=1,
                     checkpoint_every=2, keep_checkpoints=10, eval_every=0, fsdp_min_size=1024,
                     mesh_shape=(2, 4), ema_decay=0.9))
@@ -69,7 +70,7 @@ def run_steps(tr, n):
     batches = iter(toy_batches(tr.local_rows)(0))
     losses = []
     for _ in range(n):
-        state, metrics = tr.train_step(state, tr.frozen, trainer.to_global(next(batches), tr.mesh, 16))
+        state, metrics = tr.train_step(state, tr.frozen, mesh_lib.to_global(next(batches), tr.mesh, 16))
         losses.append(float(metrics["loss"]))
     return state, np.asarray(losses)
 
@@ -86,13 +87,10 @@ def test_learning_rate_schedule():
         trainer.learning_rate_schedule(lr=1, lr_min=0, warmup_steps=1, total_steps=2, kind="linear")
 
 
-def test_fsdp_sharding_rules():
-    mesh = trainer.make_mesh((2, 4))
-    assert trainer.fsdp_spec((64, 32), mesh, 1024) == jax.sharding.PartitionSpec("fsdp", None)
-    assert trainer.fsdp_spec((3, 3, 8, 64), mesh, 1024) == jax.sharding.PartitionSpec(None, None, None, "fsdp")
-    assert trainer.fsdp_spec((32,), mesh, 1024) == jax.sharding.PartitionSpec()
-    assert trainer.fsdp_spec((33, 35), mesh, 16) == jax.sharding.PartitionSpec()  # nothing divisible
+def test_state_is_born_fsdp_sharded():
     tr = make_trainer("/tmp/unused")
+    assert dict(tr.mesh.shape) == {"data": 2, "fsdp": 4}  # cfg.mesh_shape
+    assert tr.local_rows == (0, 16)
     state = tr.init_state()
     kernel = state.params["dense"]["kernel"]
     assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", None)
@@ -100,7 +98,8 @@ def test_fsdp_sharding_rules():
     mu = optax.tree_utils.tree_get(state.opt_state, "mu")["dense"]["kernel"]
     assert mu.sharding.spec == kernel.sharding.spec
     assert state.params["dense"]["bias"].sharding.is_fully_replicated
-    assert trainer.local_batch_rows(mesh, 16) == (0, 16)
+    assert tr.frozen["target"].sharding.spec == jax.sharding.PartitionSpec("fsdp", None)  # (64, 32) frozen leaf
+    np.testing.assert_array_equal(np.asarray(tr.frozen["target"]), FROZEN["target"])
     with pytest.raises(ValueError, match="divisible"):
         make_trainer("/tmp/unused", global_batch=12)
 
@@ -110,7 +109,7 @@ def test_same_losses_on_every_mesh_and_with_accumulation():
     for shape in [(8, 1), (1, 8)]:
         _, losses = run_steps(make_trainer("/tmp/unused", mesh_shape=shape), 3)
         np.testing.assert_allclose(losses, ref, rtol=1e-5)
-    one = trainer.make_mesh((1, 1), devices=jax.devices()[:1])
+    one = mesh_lib.make_mesh(mesh_lib.BATCH_AXES, (1, 1), devices=jax.devices()[:1])
     _, losses = run_steps(make_trainer("/tmp/unused", mesh=one), 3)
     np.testing.assert_allclose(losses, ref, rtol=1e-5)
     # accumulation over 2 micro-batches of 8: same mean gradient, but the noise keys differ per micro-batch,
@@ -134,7 +133,7 @@ def test_accumulation_equals_full_batch_gradient():
         tr = trainer.Trainer(cfg, "/tmp/unused", init_params=toy_init, loss_fn=clean_loss, frozen=FROZEN,
                              print_fn=None)
         state = tr.init_state()
-        batch = trainer.to_global(next(iter(toy_batches(tr.local_rows)(0))), tr.mesh, 16)
+        batch = mesh_lib.to_global(next(iter(toy_batches(tr.local_rows)(0))), tr.mesh, 16)
         for _ in range(2):
             state, _ = tr.train_step(state, tr.frozen, batch)
         states.append(np.asarray(state.params["dense"]["kernel"]))
@@ -146,7 +145,7 @@ def test_ema_and_step_counter():
     tr = make_trainer("/tmp/unused")
     s0 = tr.init_state()
     p0 = np.asarray(s0.params["dense"]["kernel"])
-    s1, metrics = tr.train_step(s0, tr.frozen, trainer.to_global(next(iter(toy_batches(tr.local_rows)(0))),
+    s1, metrics = tr.train_step(s0, tr.frozen, mesh_lib.to_global(next(iter(toy_batches(tr.local_rows)(0))),
                                                                  tr.mesh, 16))
     p1 = np.asarray(s1.params["dense"]["kernel"])
     np.testing.assert_allclose(np.asarray(s1.ema_params["dense"]["kernel"]), 0.9 * p0 + 0.1 * p1, atol=1e-7)
@@ -162,7 +161,7 @@ def test_ema_warmup_follows_the_update_count():
     batches = iter(toy_batches(tr.local_rows)(0))
     for n in range(12):
         before = np.array(state.ema_params["dense"]["kernel"], copy=True)
-        state, _ = tr.train_step(state, tr.frozen, trainer.to_global(next(batches), tr.mesh, 16))
+        state, _ = tr.train_step(state, tr.frozen, mesh_lib.to_global(next(batches), tr.mesh, 16))
         decay = min(0.5, (1 + n) / (10 + n))
         np.testing.assert_allclose(np.asarray(state.ema_params["dense"]["kernel"]),
                                    decay * before + (1 - decay) * np.asarray(state.params["dense"]["kernel"]),
@@ -251,7 +250,7 @@ def test_sigkill_during_async_save_then_exact_resume(tmp_path):
             break
     victim.wait(timeout=60)
     assert victim.returncode == -signal.SIGKILL, "".join(lines)
-    ckpt_dir = tmp_path / "run" / trainer.CHECKPOINT_DIR
+    ckpt_dir = tmp_path / "run" / checkpoints.CHECKPOINT_DIR
     left = sorted(p.name for p in ckpt_dir.iterdir())
     print("after SIGKILL:", left)
     assert "3" in left
@@ -262,8 +261,8 @@ def test_sigkill_during_async_save_then_exact_resume(tmp_path):
     assert "resumed from step 6" in out or "resumed from step 3" in out, out
 
     tr = big_trainer(tmp_path / "unused")
-    a = trainer.Checkpoints(tmp_path / "ref" / trainer.CHECKPOINT_DIR, every=3, keep=3)
-    b = trainer.Checkpoints(ckpt_dir, every=3, keep=3)
+    a = checkpoints.TrainCheckpoints(tmp_path / "ref" / checkpoints.CHECKPOINT_DIR, every=3, keep=3)
+    b = checkpoints.TrainCheckpoints(ckpt_dir, every=3, keep=3)
     assert a.latest_step() == b.latest_step() == 9
     sa, _ = a.restore(9, tr.abstract_state)
     sb, _ = b.restore(9, tr.abstract_state)

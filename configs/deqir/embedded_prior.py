@@ -15,8 +15,7 @@ import pathlib
 
 import ml_collections
 
-from deqir_jax import train
-from ircore import data, trainer
+from ircore import train_config
 from ircore.config_utils import load_config_file
 
 _HERE = pathlib.Path(__file__).parent
@@ -28,15 +27,16 @@ def get_config(variant: str = "full") -> ml_collections.ConfigDict:
     cfg = ml_collections.ConfigDict()
     cfg.name = "deqir_embedded_prior"
     cfg.model = load_config_file(_HERE / "models" / "embedded_small.py").model
-    cfg.diffusion = train.diffusion_config()
-    cfg.train = trainer.default_config()
+    # the linear beta schedule of the DeqIR samplers (deqir_jax.schedule: 1000 steps)
+    cfg.diffusion = ml_collections.ConfigDict({"beta_start": 1e-4, "beta_end": 2e-2, "num_steps": 1000})
+    cfg.train = train_config.train_defaults()
     cfg.train.update({
         "seed": 20261201, "global_batch": 16, "total_steps": 3000, "lr": 5e-4, "lr_min": 5e-5,
         "warmup_steps": 200, "lr_schedule": "cosine", "grad_clip_norm": 1.0, "ema_decay": 0.999, "ema_warmup": True,
         "log_every": 100, "checkpoint_every": 500, "keep_checkpoints": 2, "eval_every": 0,
         "fsdp_min_size": 2**18, "tensorboard": False,
     })
-    cfg.data = data.default_config()
+    cfg.data = train_config.data_defaults()
     cfg.data.update({"source": "photos", "photos_split": "train", "crop_size": 32, "rescale": True,
                      "random_scale": True, "hflip": True, "num_threads": 2, "prefetch": 4})
     if variant == "smoke":

@@ -6,12 +6,12 @@ the command line (``--config.train.global_batch=32``):
 
 * ``task``: ``realsr`` (Real-ESRGAN LQ), ``bicsr`` (MATLAB bicubic LQ), ``inpaint`` (LaMa masks), ``faceir``
   (GFPGAN face degradation) -- how the train step makes the LQ input from an HQ crop.
-* ``train``: :func:`ircore.trainer.default_config` with the official batch, iterations and schedule
+* ``train``: :func:`ircore.train_config.train_defaults` with the official batch, iterations and schedule
   (spec section 5), plus ``compute_dtype`` (UNet) and ``frozen_dtype`` (VQ and LPIPS).
 * ``loss``: ``mse_weight`` / ``lpips_weight`` (v1/v2: MSE only; journal configs: + 1 x LPIPS for SR, + 10 x
   LPIPS for inpainting and faces).
 * ``lpips``: the user's weight files (torchvision ``vgg16`` and LPIPS v0.1 ``vgg.pth``; nothing is downloaded).
-* ``data``: :func:`ircore.data.default_config` with the official crop size.
+* ``data``: :func:`ircore.train_config.data_defaults` with the official crop size.
 * ``degradation``: the task's section of ``degradation_realesrgan.py`` (None for ``bicsr``).
 * ``unet_checkpoint`` (optional initial UNet, e.g. to fine-tune) and ``autoencoder_checkpoint`` (required:
   the frozen VQ), both orbax folders written by ``python -m resshift_jax.convert`` (or ``.pth`` files).
@@ -20,41 +20,50 @@ import pathlib
 
 import ml_collections
 
-from ircore import data, trainer
+from ircore import train_config
 from ircore.config_utils import load_config_file
 
 _HERE = pathlib.Path(__file__).parent
 
-# name: (task, global batch, iterations, schedule, lpips weight, HQ crop, degradation config)
+# The official recipes by preset name. ``lr_schedule`` "cosine" decays to lr_min 2e-5, "constant" keeps 5e-5;
+# ``degradation`` names the section of degradation_realesrgan.py (None: bicubic LQ, made in the train step).
 _RECIPES = {
-    "realsr_x4_v1": ("realsr", 64, 300_000, "constant", 0.0, 256, "realsr_x4"),
-    "realsr_x4_v2": ("realsr", 64, 500_000, "constant", 0.0, 256, "realsr_x4"),
-    "realsr_x4_v3": ("realsr", 96, 400_000, "cosine", 1.0, 256, "realsr_x4"),
-    "bicsr_x4": ("bicsr", 96, 400_000, "cosine", 1.0, 256, None),
-    "inpaint_imagenet": ("inpaint", 96, 400_000, "cosine", 10.0, 256, "inpaint"),
-    "inpaint_face": ("inpaint", 96, 400_000, "cosine", 10.0, 256, "inpaint"),
-    "faceir": ("faceir", 56, 400_000, "cosine", 10.0, 512, "faceir"),
+    "realsr_x4_v1": dict(task="realsr", global_batch=64, total_steps=300_000, lr_schedule="constant",
+                         lpips_weight=0.0, crop_size=256, degradation="realsr_x4"),
+    "realsr_x4_v2": dict(task="realsr", global_batch=64, total_steps=500_000, lr_schedule="constant",
+                         lpips_weight=0.0, crop_size=256, degradation="realsr_x4"),
+    "realsr_x4_v3": dict(task="realsr", global_batch=96, total_steps=400_000, lr_schedule="cosine",
+                         lpips_weight=1.0, crop_size=256, degradation="realsr_x4"),
+    "bicsr_x4": dict(task="bicsr", global_batch=96, total_steps=400_000, lr_schedule="cosine",
+                     lpips_weight=1.0, crop_size=256, degradation=None),
+    "inpaint_imagenet": dict(task="inpaint", global_batch=96, total_steps=400_000, lr_schedule="cosine",
+                             lpips_weight=10.0, crop_size=256, degradation="inpaint"),
+    "inpaint_face": dict(task="inpaint", global_batch=96, total_steps=400_000, lr_schedule="cosine",
+                         lpips_weight=10.0, crop_size=256, degradation="inpaint"),
+    "faceir": dict(task="faceir", global_batch=56, total_steps=400_000, lr_schedule="cosine",
+                   lpips_weight=10.0, crop_size=512, degradation="faceir"),
 }
+_LR_MIN = {"cosine": 2e-5, "constant": 5e-5}
 
 
 def get_config(name: str = "realsr_x4_v3") -> ml_collections.ConfigDict:
     if name not in _RECIPES:
         raise ValueError(f"no training recipe for {name!r}; expected one of {sorted(_RECIPES)}")
-    task, batch, iterations, schedule, lpips_weight, crop, degradation = _RECIPES[name]
+    recipe = _RECIPES[name]
     cfg = ml_collections.ConfigDict()
-    cfg.task = task
-    cfg.train = trainer.default_config()
-    cfg.train.update({"global_batch": batch, "total_steps": iterations, "lr_schedule": schedule,
-                      "lr_min": 2e-5 if schedule == "cosine" else 5e-5})
+    cfg.task = recipe["task"]
+    cfg.train = train_config.train_defaults()
+    cfg.train.update({"global_batch": recipe["global_batch"], "total_steps": recipe["total_steps"],
+                      "lr_schedule": recipe["lr_schedule"], "lr_min": _LR_MIN[recipe["lr_schedule"]]})
     cfg.train.compute_dtype = "bfloat16"
     cfg.train.frozen_dtype = "bfloat16"
     cfg.train.eval_seed = 10_000
-    cfg.loss = ml_collections.ConfigDict({"mse_weight": 1.0, "lpips_weight": lpips_weight})
+    cfg.loss = ml_collections.ConfigDict({"mse_weight": 1.0, "lpips_weight": recipe["lpips_weight"]})
     cfg.lpips = ml_collections.ConfigDict({"vgg_weights": "", "lin_weights": "", "random_init": False})
-    cfg.data = data.default_config()
-    cfg.data.crop_size = crop
-    cfg.degradation = None if degradation is None else load_config_file(
-        _HERE / "degradation_realesrgan.py", degradation)
+    cfg.data = train_config.data_defaults()
+    cfg.data.crop_size = recipe["crop_size"]
+    cfg.degradation = None if recipe["degradation"] is None else load_config_file(
+        _HERE / "degradation_realesrgan.py", recipe["degradation"])
     cfg.unet_checkpoint = ""
     cfg.autoencoder_checkpoint = ""
     cfg.autoencoder_random_init = False  # tests / benchmarks only: a random frozen VQ
