@@ -38,7 +38,7 @@ class TrainSetupError(ValueError):
     """A user-facing configuration problem (unsupported model head, bad schedule, ...)."""
 
 
-def alphas_cumprod(cfg: Any) -> jax.Array:
+def abar_from_config(cfg: Any) -> jax.Array:
     """abar_t for t = 0 .. T-1, (T,) float32, from ``cfg.diffusion``."""
     d = cfg.diffusion
     if int(d.num_steps) != schedule.NUM_DIFFUSION_TIMESTEPS:
@@ -80,7 +80,7 @@ def make_loss_fn(cfg: Any) -> trainer.LossFn:
     """``(params, frozen, batch, key) -> (loss, {"mse"})`` for one micro-batch ``{"hq": uint8}``."""
     _check_model(cfg)
     model = models.model_from_config(cfg.model)
-    abar = alphas_cumprod(cfg)
+    abar = abar_from_config(cfg)
     dropout = float(cfg.model.get("dropout", 0.0)) > 0
 
     def loss_fn(params, frozen, batch, key):  # noqa: ARG001 (no frozen networks)

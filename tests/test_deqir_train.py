@@ -30,14 +30,14 @@ def _tiny_config(steps: int = 3):
 
 def test_schedule_is_the_samplers_schedule():
     cfg = load_config_file(CONFIG)
-    abar = np.asarray(train.alphas_cumprod(cfg))
+    abar = np.asarray(train.abar_from_config(cfg))
     t, at, _ = restore.chain_schedule(25)
     np.testing.assert_array_equal(abar[t], at)  # the chain reads the very values the prior was trained on
     assert abar.shape == (1000,) and np.all(np.diff(abar) < 0)
 
 
 def test_perfect_predictor_has_zero_loss_and_zero_predictor_unit_loss():
-    abar = train.alphas_cumprod(load_config_file(CONFIG))
+    abar = train.abar_from_config(load_config_file(CONFIG))
     x0 = jax.random.uniform(jax.random.key(0), (8, 16, 16, 3), minval=-1.0, maxval=1.0)
     seen = []
 

@@ -67,7 +67,7 @@ def test_prior_denoises_heldout_photos_at_the_restoration_size():
     cfg = load_config_file(REPO / "configs/deqir/sr_bicubic_x4.py", "embedded")
     model = models.model_from_config(cfg.model)
     params = checkpoints.restore_params(cfg.checkpoint)
-    abar = train.alphas_cumprod(load_config_file(DEQIR_TRAIN))
+    abar = train.abar_from_config(load_config_file(DEQIR_TRAIN))
     x0 = jnp.concatenate([jnp.asarray(prepare_image(images.read_image(photos.path(n)), cfg.image_size, cfg.resize))
                           for n in photos.HELDOUT])
     eps_fn = jax.jit(lambda x, t: model.apply({"params": params}, x, t))

@@ -133,7 +133,7 @@ def test_kernels_and_1d_matrices_match_official(fx):
         elif cls == "Deblurring":
             size = params.get("kernel_size", fx[f"{key}/kernel"].shape[0])
             if "sigma" in params:
-                kernel = ops.gaussian_kernel(size, params["sigma"])
+                kernel = ops.gaussian_taps(size, params["sigma"])
             else:
                 kernel = ops.uniform_kernel(size)
             mat = ops.blur_matrix(kernel, n, official=True)
@@ -141,7 +141,7 @@ def test_kernels_and_1d_matrices_match_official(fx):
             for i in (1, 2):
                 stored = fx[f"{key}/kernel{i}"]
                 size = params.get("kernel_size", stored.shape[0])
-                np.testing.assert_allclose(ops.gaussian_kernel(size, params[f"sigma{i}"]), stored, atol=1e-7)
+                np.testing.assert_allclose(ops.gaussian_taps(size, params[f"sigma{i}"]), stored, atol=1e-7)
             checked += 1
             continue
         else:
@@ -158,7 +158,7 @@ def test_kernels_and_1d_matrices_match_official(fx):
 
 def test_dropped_tap_quirk(fx):
     # Odd official kernels lose their last tap: every interior row of the 1-D blur sums to 1 - k[-1].
-    kernel = ops.gaussian_kernel(5, 10.0)
+    kernel = ops.gaussian_taps(5, 10.0)
     mat = ops.blur_matrix(kernel, 16, official=True)
     np.testing.assert_allclose(mat[8, 6:10], kernel[:4])
     assert mat[8, 10] == 0.0
@@ -390,9 +390,9 @@ def test_deblurring_quirk_is_not_the_blur(fx, fixture_ops):
 
 @pytest.mark.parametrize("name, built, explicit", [
     ("deblur_uni", dict(kernel_size=7), dict(kernel=ops.uniform_kernel(7))),
-    ("deblur_gauss", dict(kernel_size=3, sigma=2.0), dict(kernel=ops.gaussian_kernel(3, 2.0))),
+    ("deblur_gauss", dict(kernel_size=3, sigma=2.0), dict(kernel=ops.gaussian_taps(3, 2.0))),
     ("deblur_aniso", dict(kernel_size=5, sigma1=1.0, sigma2=3.0),
-     dict(kernel1=ops.gaussian_kernel(5, 1.0), kernel2=ops.gaussian_kernel(5, 3.0))),
+     dict(kernel1=ops.gaussian_taps(5, 1.0), kernel2=ops.gaussian_taps(5, 3.0))),
 ])
 def test_explicit_kernel_equals_built_kernel(name, built, explicit):
     """A deblurring operator given its kernel tensor (as the official class is) equals the one built from

@@ -40,7 +40,7 @@ NORM_EPS = 1e-6
 
 
 # ----------------------------------------------------------------------------------------------- pieces
-def timestep_embedding(timesteps: jax.Array, dim: int) -> jax.Array:
+def ddpm_timestep_embedding(timesteps: jax.Array, dim: int) -> jax.Array:
     """(B,) raw timesteps -> (B, dim) float32 ``[sin(t f_k), cos(t f_k)]``, ``f_k = exp(-ln(1e4) k/(half-1))``.
 
     Odd ``dim`` gets one zero column at the end.
@@ -203,10 +203,9 @@ class Model(nn.Module):
         timesteps = jnp.asarray(timesteps)
         self._check_inputs(x, timesteps)
         num_levels = len(self.ch_mult)
-        in_ch_mult = (1,) + tuple(self.ch_mult)
         emb_ch = 4 * self.ch
 
-        temb = timestep_embedding(timesteps, self.ch)
+        temb = ddpm_timestep_embedding(timesteps, self.ch)
         self.sow("intermediates", "h/temb_sinusoidal", temb)
         dense = lambda name: nn.Dense(emb_ch, dtype=self.dtype, param_dtype=jnp.float32, name=name)  # noqa: E731
         emb = dense("temb_dense_1")(_swish(dense("temb_dense_0")(temb.astype(self.dtype))))

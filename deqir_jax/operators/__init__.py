@@ -25,7 +25,7 @@ from deqir_jax.operators.builders import (
 )
 from deqir_jax.operators.closed_form import AveragePoolSR, Colorization, Denoising, Inpainting, WalshHadamardCS
 from deqir_jax.operators.kernels import (
-    bicubic_kernel, blur_matrix, gaussian_kernel, strided_conv_matrix, uniform_kernel,
+    bicubic_kernel, blur_matrix, gaussian_taps, strided_conv_matrix, uniform_kernel,
 )
 from deqir_jax.operators.layouts import (
     image_to_official_vector, official_vector_to_image, official_vector_to_y, y_to_official_vector,
@@ -35,7 +35,7 @@ from deqir_jax.operators.svd import SeparableSVDOperator, separable_operator
 __all__ = [
     "Array", "ImageShape", "LinearOperator",
     "AveragePoolSR", "Colorization", "Denoising", "Inpainting", "WalshHadamardCS", "SeparableSVDOperator",
-    "separable_operator", "bicubic_kernel", "blur_matrix", "gaussian_kernel", "strided_conv_matrix",
+    "separable_operator", "bicubic_kernel", "blur_matrix", "gaussian_taps", "strided_conv_matrix",
     "uniform_kernel", "OFFICIAL_COLOR_WEIGHTS", "OFFICIAL_ZERO_THRESHOLD", "OPERATOR_NAMES", "builder_parameters",
     "make_operator", "colorization", "cs_walshhadamard", "deblur_aniso", "deblur_gauss", "deblur_uni",
     "denoising", "inpainting", "sr_averagepooling", "sr_bicubic", "image_to_official_vector",

@@ -18,7 +18,7 @@ import numpy as np
 from deqir_jax.operators.base import ImageShape, LinearOperator, _check_image_shape, _check_perm
 from deqir_jax.operators.closed_form import AveragePoolSR, Colorization, Denoising, Inpainting, WalshHadamardCS
 from deqir_jax.operators.kernels import (
-    bicubic_kernel, blur_matrix, gaussian_kernel, strided_conv_matrix, uniform_kernel,
+    bicubic_kernel, blur_matrix, gaussian_taps, strided_conv_matrix, uniform_kernel,
 )
 from deqir_jax.operators.svd import SeparableSVDOperator, separable_operator
 
@@ -140,7 +140,7 @@ def deblur_gauss(
     kernel: Any = None,
 ) -> SeparableSVDOperator:
     shape = _check_image_shape(image_size, channels)
-    k = _taps(kernel, "kernel", lambda: gaussian_kernel(kernel_size, sigma))
+    k = _taps(kernel, "kernel", lambda: gaussian_taps(kernel_size, sigma))
     return _deblur("deblur_gauss", shape, k, k, official, zero_threshold, singular_perm)
 
 
@@ -177,8 +177,8 @@ def deblur_aniso(
 ) -> SeparableSVDOperator:
     shape = _check_image_shape(image_size, channels)
     # along rows: vertical blur; along columns: horizontal blur
-    k1 = _taps(kernel1, "kernel1", lambda: gaussian_kernel(kernel_size, sigma1))
-    k2 = _taps(kernel2, "kernel2", lambda: gaussian_kernel(kernel_size, sigma2))
+    k1 = _taps(kernel1, "kernel1", lambda: gaussian_taps(kernel_size, sigma1))
+    k2 = _taps(kernel2, "kernel2", lambda: gaussian_taps(kernel_size, sigma2))
     return _deblur("deblur_aniso", shape, k1, k2, official, zero_threshold, singular_perm)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def gaussian_kernel(kernel_size: int, sigma: float) -> np.ndarray:
+def gaussian_taps(kernel_size: int, sigma: float) -> np.ndarray:
     """Normalised Gaussian taps at ``-(k//2) .. k//2`` (float32 exp, float32 sum, as the official runner).
 
     For even ``kernel_size`` the official formula gives k + 1 taps; we follow it (only odd sizes are used).
