@@ -30,7 +30,7 @@ from deqir_jax.restore import chain_schedule
 from deqir_jax.presets import build_operator
 from deqir_jax.sample import prepare_image
 from deqir_solvers import REPO, TASKS, psnr
-from ircore import checkpoints, images, photos
+from ircore import checkpoints, files, images, photos
 from ircore.config_utils import load_config_file
 
 
@@ -132,10 +132,7 @@ def main() -> None:
                "newton_iterations_within_0.05dB": next((r["iteration"] for r in newton if abs(r["x0_dpsnr"]) <= 0.05), None)}
     print(json.dumps(summary, indent=1))
     out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps({"summary": summary, "picard_front": front, "newton": newton}, indent=1))
-    tmp.replace(out)
+    files.write_json(out, {"summary": summary, "picard_front": front, "newton": newton}, indent=1)
     print(f"wrote {out}")
 
 

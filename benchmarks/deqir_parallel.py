@@ -28,7 +28,7 @@ from deqir_jax import models
 from deqir_jax import operators as ops
 from deqir_jax.restore import ChainSettings, make_restore_fn
 from deqir_jax.solver_settings import DEFAULT, OFFICIAL_ANDERSON
-from ircore import checkpoints, mesh, metrics
+from ircore import checkpoints, files, mesh, metrics
 from ircore.config_utils import load_config_file
 
 TINY = dict(
@@ -149,9 +149,8 @@ def main(argv=None) -> int:
             print(f"{T:>4} {name:<22} {row['map_evaluations']:>5} {row['nfe']:>6} {wall:>8.3f} "
                   f"{row['max_abs_diff_vs_sequential']:>10.2e} {psnr:>7.2f} {row['status']:<9}")
     out_path = pathlib.Path(args.out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(dict(device=str(jax.devices()[0]), device_count=jax.device_count(),
-                                        image_size=size, rows=rows), indent=2))
+    files.write_json(out_path, dict(device=str(jax.devices()[0]), device_count=jax.device_count(),
+                                    image_size=size, rows=rows))
     print(f"wrote {out_path}")
     return 0
 

@@ -46,7 +46,7 @@ from deqir_jax.restore import chain_schedule
 from deqir_jax.presets import build_operator
 from deqir_jax.sample import prepare_image
 from deqir_jax.solver_settings import DEFAULT, OFFICIAL_ANDERSON, SolverSettings
-from ircore import checkpoints, images, photos
+from ircore import checkpoints, files, images, photos
 from ircore.config_utils import load_config_file
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -257,20 +257,16 @@ def plot(rows: list[dict], path: pathlib.Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
+    with files.atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def write_results(out: pathlib.Path, png: pathlib.Path, rows: list[dict], extra: dict) -> None:
     summary = summarise(rows)
     print()
     print_table(summary)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps({**extra, "agree_db": AGREE_DB, "summary": summary, "rows": rows}, indent=1))
-    tmp.replace(out)
+    files.write_json(out, {**extra, "agree_db": AGREE_DB, "summary": summary, "rows": rows}, indent=1)
     plot(rows, png)
     print(f"wrote {out} and {png}")
 

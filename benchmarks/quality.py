@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import pathlib
 import time
 
@@ -40,7 +39,7 @@ from deqir_jax.restore import make_restore_fn
 from deqir_jax.solver_settings import OFFICIAL_ANDERSON
 from deqir_jax.presets import build_operator, chain_settings_from_config
 from deqir_jax.sample import prepare_image
-from ircore import checkpoints, images, photos
+from ircore import checkpoints, files, images, photos
 from ircore.config_utils import load_config_file
 from resshift_jax import resize
 from resshift_jax import sample as rsample
@@ -171,12 +170,9 @@ def main() -> None:
     for line in checks["lines"]:
         print(line)
     out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps({"device": str(jax.devices()[0]), "backend": jax.default_backend(),
-                               "rows": rows, "full_size_rows": full_rows,
-                               "checks": {k: v for k, v in checks.items() if k != "lines"}}, indent=2))
-    tmp.replace(out)
+    files.write_json(out, {"device": str(jax.devices()[0]), "backend": jax.default_backend(),
+                           "rows": rows, "full_size_rows": full_rows,
+                           "checks": {k: v for k, v in checks.items() if k != "lines"}})
     print(f"wrote {out}")
 
 

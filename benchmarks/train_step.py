@@ -13,7 +13,6 @@ accelerators (dense bf16); on a CPU it is unknown and MFU is not printed unless 
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 import time
@@ -24,6 +23,7 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from ircore import files  # noqa: E402
 from ircore import mesh as mesh_lib  # noqa: E402
 from ircore.config_utils import load_config_file  # noqa: E402
 from resshift_jax import train as rtrain  # noqa: E402
@@ -125,7 +125,7 @@ def main(argv=None) -> dict:
         shown = f"{v:.4g}" if isinstance(v, float) else ("n/a (unknown peak)" if v is None and k == "mfu" else v)
         print(f"{k:<{width}}  {shown}")
     if args.out:
-        pathlib.Path(args.out).write_text(json.dumps(result, indent=2))
+        files.write_json(args.out, result)
     return result
 
 

@@ -13,19 +13,21 @@ BMP files:
 
 Writing (:func:`write_png`) quantises like the official ``torchvision.utils.save_image`` of
 ``clamp((x + 1) / 2, 0, 1)``: ``floor(v * 255 + 0.5)`` in float32 with clipping only at that final step, and
-writes atomically (a temporary file in the same folder, then ``os.replace``).
+writes atomically through :mod:`ircore.files` (a temporary file in the same folder, then a rename).
 """
 from __future__ import annotations
 
 import os
 import pathlib
 import sys
-import uuid
+import io
 import warnings
 from typing import Any, Iterable, Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from ircore import files
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 
@@ -266,18 +268,9 @@ def write_png(path: str | os.PathLike, img: Any) -> pathlib.Path:
     pixels = to_uint8(img)
     if pixels.ndim == 3 and pixels.shape[-1] == 1:
         pixels = pixels[..., 0]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(tmp, "xb") as handle:
-            Image.fromarray(pixels).save(handle, format="PNG")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    encoded = io.BytesIO()
+    Image.fromarray(pixels).save(encoded, format="PNG")
+    return files.write_bytes(path, encoded.getvalue())
 
 
 # ----------------------------------------------------------------------------------------------- results
