@@ -25,7 +25,7 @@ depend on ``batch_size``. For a reproduction run the noises can be given (``nois
 the image.
 
 Every setting comes from the config: ``model``, ``diffusion``, ``autoencoder``, ``padding_offset`` and the
-``sample`` section (:func:`sample_section`: ``seed``, ``tile_size``, ``tile_overlap``, ``batch_size``,
+``sample`` section (:func:`resshift_jax.sample_config.sample_section`: ``seed``, ``tile_size``, ``tile_overlap``, ``batch_size``,
 ``tile_weighting``, ``mask_lq``, ``mask_back``, ``dtype``). :func:`make_restorer` checks them and builds the
 jitted function once; jax compiles it once per input shape. Face restoration (``configs/resshift/faceir.py``)
 is the same call: the f8 VQ and sf 1 come from the config.
@@ -52,27 +52,6 @@ WEIGHTINGS = ("uniform", "gaussian")
 
 
 # ----------------------------------------------------------------------------------------------- settings
-def default_tiling(sf: int) -> tuple[int, int]:
-    """Official chop defaults in LQ pixels: (512 * (4 // sf), 64 * (4 // sf)) -> (512, 64) at x4, (2048, 256) at x1."""
-    factor = max(4 // int(sf), 1)
-    return 512 * factor, 64 * factor
-
-
-def sample_section(sf: int) -> ml_collections.ConfigDict:
-    """The ``sample`` config section with its defaults for scale factor ``sf`` (the one place they are set).
-
-    ``seed`` (12345, as the official script), ``tile_size`` / ``tile_overlap`` (LQ pixels, :func:`default_tiling`),
-    ``batch_size`` (tiles per network call), ``tile_weighting`` (``uniform`` = official averaging, or
-    ``gaussian``), ``mask_lq`` (set the unknown area of the LQ to -1), ``mask_back`` (paste known pixels back),
-    ``dtype`` (UNet compute dtype: float32 / bfloat16 / float16; parameters stay float32).
-    """
-    tile_size, tile_overlap = default_tiling(sf)
-    return ml_collections.ConfigDict({
-        "seed": 12345, "tile_size": tile_size, "tile_overlap": tile_overlap, "batch_size": 1,
-        "tile_weighting": "uniform", "mask_lq": True, "mask_back": True, "dtype": "float32",
-    })
-
-
 def _check_sample(s: Any) -> None:
     """One-line ValueError naming the first bad field of a ``sample`` section."""
     for name, low in (("tile_size", 1), ("tile_overlap", 0), ("batch_size", 1)):
@@ -206,7 +185,7 @@ def make_restorer(cfg: ml_collections.ConfigDict) -> Restorer:
     ``padding_offset``, ``sample``); one-line ValueError for a config that does not fit together."""
     check_config(cfg)
     if "sample" not in cfg:
-        raise ValueError("config has no 'sample' section (see resshift_jax.pipeline.sample_section)")
+        raise ValueError("config has no 'sample' section (see resshift_jax.sample_config.sample_section)")
     s = cfg.sample
     _check_sample(s)
     net = networks.unet(cfg, s.dtype)

@@ -8,7 +8,7 @@
 The two checkpoint directories are written by ``python -m resshift_jax.convert`` (one run for the UNet
 ``.pth``, one for the autoencoder ``.pth``). Every setting is a config field (``--config.<field>=value``; an
 unknown field is an error): input / output at the top level, as for ``deqir_jax.sample``, the sampler settings
-in the ``sample`` section (:func:`resshift_jax.pipeline.sample_section`):
+in the ``sample`` section (:func:`resshift_jax.sample_config.sample_section`):
 
 * ``input``: an image file or a folder of images; ``input_is_measurement``: True (the released presets) when
   ``input`` holds LQ images, False (the embedded preset) when it is a clean image that the command degrades

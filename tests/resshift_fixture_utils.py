@@ -17,7 +17,7 @@ from skimage.transform import resize as sk_resize
 
 from ircore import checkpoints
 from ircore.config_utils import load_config_file
-from resshift_jax import convert, pipeline
+from resshift_jax import convert, sample_config
 from resshift_jax.models import vq
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -75,7 +75,7 @@ def tiny_config(load_fixture) -> ml_collections.ConfigDict:
         "unet_checkpoint": "", "autoencoder_checkpoint": "",
         "input": "", "input_is_measurement": True, "reference": "", "mask": "", "output": "", "overwrite": False,
     })
-    cfg.sample = pipeline.sample_section(int(cfg.diffusion.sf))
+    cfg.sample = sample_config.sample_section(int(cfg.diffusion.sf))
     return cfg
 
 

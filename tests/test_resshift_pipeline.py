@@ -15,7 +15,7 @@ from resshift_fixture_utils import (REPO, converted_tiny, inpaint_setup, latent_
                                     with_sample)
 
 from ircore.config_utils import load_config_file
-from resshift_jax import convert, pipeline, tiling
+from resshift_jax import convert, pipeline, sample_config, tiling
 from resshift_jax.models import unet_swin, vq
 
 ATOL_STEPS = 1e-4  # fixture README: sampling compared at atol ~1e-4 (errors compound over steps)
@@ -241,13 +241,13 @@ def test_bad_settings_are_refused(tiny, restorer):
 
 
 def test_tile_defaults_come_from_one_place():
-    assert pipeline.default_tiling(4) == (512, 64) and pipeline.default_tiling(1) == (2048, 256)
+    assert sample_config.default_tiling(4) == (512, 64) and sample_config.default_tiling(1) == (2048, 256)
     for sf in (1, 2, 4):
-        s = pipeline.sample_section(sf)
-        assert (s.tile_size, s.tile_overlap) == pipeline.default_tiling(sf)
+        s = sample_config.sample_section(sf)
+        assert (s.tile_size, s.tile_overlap) == sample_config.default_tiling(sf)
     for name in ("realsr_x4_v3", "inpaint_imagenet", "faceir"):  # the presets hold them, nothing defaults later
         cfg = load_config_file(REPO / f"configs/resshift/{name}.py")
-        assert (cfg.sample.tile_size, cfg.sample.tile_overlap) == pipeline.default_tiling(cfg.diffusion.sf)
+        assert (cfg.sample.tile_size, cfg.sample.tile_overlap) == sample_config.default_tiling(cfg.diffusion.sf)
         assert cfg.sample.seed == 12345 and cfg.sample.batch_size == 1 and cfg.sample.dtype == "float32"
     embedded = load_config_file(REPO / "configs/resshift/embedded_x4.py")
     assert (embedded.sample.tile_size, embedded.sample.tile_overlap, embedded.sample.batch_size,

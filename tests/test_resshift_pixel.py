@@ -16,7 +16,7 @@ import pytest
 
 from ircore import checkpoints, data, images, metrics, photos
 from ircore.config_utils import load_config_file
-from resshift_jax import diffusion, pipeline, resize, sample
+from resshift_jax import diffusion, pipeline, resize, sample, sample_config
 from resshift_jax.schedule import schedule_from_config
 from resshift_jax import train as rtrain
 from resshift_jax.degradations import bicubic_degrade
@@ -72,7 +72,7 @@ def test_pixel_space_restorer_is_the_sampler_on_images(smoke):
     shape = (1, 64, 64, 3)
     noises = pipeline.draw_noises(jax.random.key(1), shape, int(cfg.diffusion.steps))
     one_tile = ml_collections.ConfigDict(cfg.to_dict())
-    one_tile.sample = pipeline.sample_section(cfg.diffusion.sf)  # official tiling: one tile covers the image
+    one_tile.sample = sample_config.sample_section(cfg.diffusion.sf)  # official tiling: one tile covers the image
     restorer = pipeline.make_restorer(one_tile)
     out = restorer(lq, params, None, noises=noises)
     unet = unet_swin.model_from_config(cfg)

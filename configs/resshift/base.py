@@ -10,7 +10,7 @@
 * ``autoencoder``: which VQ model (``kind`` ``vq_f4`` / ``vq_f8``) with the official ``params``, loaded from
   ``autoencoders/vq_f4.py`` / ``vq_f8.py``.
 * ``checkpoint_name`` / ``checkpoint_url``: the released UNet weights; ``autoencoder.checkpoint_name`` the VQ.
-* ``sample``: the sampler settings of ``python -m resshift_jax.sample`` (``resshift_jax.pipeline.sample_section``);
+* ``sample``: the sampler settings of ``python -m resshift_jax.sample`` (``resshift_jax.sample_config.sample_section``);
   ``input``, ``input_is_measurement``, ``reference``, ``mask``, ``output``, ``overwrite``: its input / output;
   ``unet_checkpoint`` / ``autoencoder_checkpoint``: the converted orbax folders (from ``training.py``).
 * training sections (``task``, ``train``, ``loss``, ``lpips``, ``data``, ``degradation``, checkpoints to start
@@ -22,7 +22,7 @@ import pathlib
 import ml_collections
 
 from ircore.config_utils import load_config_file
-from resshift_jax.pipeline import sample_section
+from resshift_jax.sample_config import sample_section
 
 _HERE = pathlib.Path(__file__).parent
 _RELEASE = "https://github.com/zsyOAOA/ResShift/releases/download/v2.0/"

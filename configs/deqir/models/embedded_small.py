@@ -7,7 +7,7 @@ steps) on 32x32 multi-scale crops of the training photographs of ``ircore.photos
 """
 import ml_collections
 
-from deqir_jax.models.adm import guided_diffusion_model_config
+from deqir_jax.models.adm_config import guided_diffusion_model_config
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -14,7 +14,7 @@ Parameters: 552,814,086.
 """
 import ml_collections
 
-from deqir_jax.models.adm import guided_diffusion_model_config
+from deqir_jax.models.adm_config import guided_diffusion_model_config
 
 
 def get_config() -> ml_collections.ConfigDict:

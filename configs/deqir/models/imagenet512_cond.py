@@ -12,7 +12,7 @@ values. Released for float32 inference (``--use_fp16 False``).
 """
 import ml_collections
 
-from deqir_jax.models.adm import guided_diffusion_model_config
+from deqir_jax.models.adm_config import guided_diffusion_model_config
 
 
 def get_config() -> ml_collections.ConfigDict:

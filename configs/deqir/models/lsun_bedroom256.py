@@ -13,7 +13,7 @@ values. ``dtype='float16'`` mirrors the released ``--use_fp16 True``; ``'bfloat1
 """
 import ml_collections
 
-from deqir_jax.models.adm import guided_diffusion_model_config
+from deqir_jax.models.adm_config import guided_diffusion_model_config
 
 
 def get_config() -> ml_collections.ConfigDict:
