@@ -39,7 +39,7 @@ from deqir_jax.restore import make_restore_fn
 from deqir_jax.solver_settings import OFFICIAL_ANDERSON
 from deqir_jax.presets import build_operator, chain_settings_from_config
 from deqir_jax.sample import prepare_image
-from ircore import checkpoints, files, images, photos
+from ircore import checkpoints, files, images, photos, scoring
 from ircore.config_utils import load_config_file
 from resshift_jax import resize
 from resshift_jax import sample as rsample
@@ -96,6 +96,9 @@ def main() -> None:
     if args.resshift_unet:
         rcfg.unet_checkpoint = args.resshift_unet
     rnets = rsample.load_networks(rcfg)
+    score = scoring.Scorer()  # LPIPS too when the lpips extra is installed
+    if not score.has_lpips:
+        print("LPIPS not measured: install the lpips extra (pip install '.[lpips]')")
     restorer = rsample.pipeline.make_restorer(rcfg)
     sf = int(rcfg.diffusion.sf)
     rows, full_rows = [], []
@@ -125,18 +128,18 @@ def main() -> None:
             if task == "sr_x4":
                 lq = np.asarray(y)
                 bic = np.asarray(resize.interpolate_bicubic(lq, scale_factor=4.0))
-                rows.append({**base, "method": "bicubic", **rsample.image_scores(bic, x), "nfe": 0, "run_s": 0.0})
+                rows.append({**base, "method": "bicubic", **rsample.image_scores(bic, x, score), "nfe": 0, "run_s": 0.0})
                 out, first, second = resshift_call(lq, rnets, restorer, rsample.image_key(rcfg.sample.seed, name))
-                rows.append({**base, "method": "resshift", **rsample.image_scores(out, x),
+                rows.append({**base, "method": "resshift", **rsample.image_scores(out, x, score),
                              "nfe": int(rcfg.diffusion.steps), "run_s": second, "compile_s": max(first - second, 0.0)})
             else:
-                rows.append({**base, "method": "input", **rsample.image_scores(op.measurement_image(y), x),
+                rows.append({**base, "method": "input", **rsample.image_scores(op.measurement_image(y), x, score),
                              "nfe": 0, "run_s": 0.0})
             seq = None
             for label, fn in fns.items():
                 res, compile_s, run_s = timed(fn, deqir_params, op, y, x_T, z)
                 n_evals = int(res.n_evals)
-                row = {**base, "method": label, **rsample.image_scores(res.x0, x), "nfe": int(res.image_evals),
+                row = {**base, "method": label, **rsample.image_scores(res.x0, x, score), "nfe": int(res.image_evals),
                        "map_evaluations": n_evals, "status": anderson.STATUS_NAMES[int(res.status)],
                        "run_s": run_s, "compile_s": compile_s}
                 if seq is None:
@@ -155,9 +158,9 @@ def main() -> None:
             res = rsample.degrade_and_restore(hq, restorer, rnets, rsample.image_key(rcfg.sample.seed, name))
             _, first, second = resshift_call(res["lq"], rnets, restorer, rsample.image_key(rcfg.sample.seed, name))
             base = {"photo": name, "task": "sr_x4_full", "size": list(hq.shape[1:3])}
-            full_rows.append({**base, "method": "bicubic", **rsample.image_scores(res["bicubic"], res["hq"]), "nfe": 0,
+            full_rows.append({**base, "method": "bicubic", **rsample.image_scores(res["bicubic"], res["hq"], score), "nfe": 0,
                               "run_s": 0.0})
-            full_rows.append({**base, "method": "resshift", **rsample.image_scores(res["restored"], res["hq"]),
+            full_rows.append({**base, "method": "resshift", **rsample.image_scores(res["restored"], res["hq"], score),
                               "nfe": int(rcfg.diffusion.steps), "run_s": second,
                               "compile_s": max(first - second, 0.0)})
             for row in full_rows[-2:]:
@@ -178,16 +181,18 @@ def main() -> None:
 
 def _line(r: dict) -> str:
     extra = f" evals {r['map_evaluations']} {r['status']}" if "status" in r else ""
-    return (f"{r['photo']:>8} {r['task']:>12} {r['method']:>16}: PSNR {r['psnr']:6.2f} SSIM {r['ssim']:.4f} "
+    lp = f" LPIPS {r['lpips']:.4f}" if r.get("lpips") is not None else ""
+    return (f"{r['photo']:>8} {r['task']:>12} {r['method']:>16}: PSNR {r['psnr']:6.2f} SSIM {r['ssim']:.4f}{lp} "
             f"NFE {r['nfe']:4d} run {r['run_s']:6.2f} s{extra}")
 
 
 def _table(rows: list[dict]) -> None:
-    head = ("photo", "task", "method", "PSNR", "SSIM", "PSNR-Y", "NFE", "evals", "status", "run s", "compile s")
+    head = ("photo", "task", "method", "PSNR", "SSIM", "LPIPS", "PSNR-Y", "NFE", "evals", "status", "run s", "compile s")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
-        cells = (r["photo"], r["task"], r["method"], f"{r['psnr']:.2f}", f"{r['ssim']:.4f}", f"{r['psnr_y']:.2f}",
+        cells = (r["photo"], r["task"], r["method"], f"{r['psnr']:.2f}", f"{r['ssim']:.4f}",
+                 f"{r['lpips']:.4f}" if r.get("lpips") is not None else "-", f"{r['psnr_y']:.2f}",
                  str(r["nfe"]), str(r.get("map_evaluations", "")), r.get("status", ""), f"{r['run_s']:.2f}",
                  f"{r['compile_s']:.1f}" if "compile_s" in r else "")
         print("| " + " | ".join(cells) + " |")

@@ -2,7 +2,8 @@
 :func:`ircore.images.write_png`).
 
 ``restored.png``, ``measurement.png`` (a picture of y), ``reference.png`` (when there is one),
-``side_by_side.png`` (degraded | restored | reference), ``convergence.png`` (parallel solves: relative residual
+``side_by_side.png`` (labelled: degraded y | A^+ y | restored | reference, with scores and a zoomed crop row,
+:func:`ircore.figures.comparison`), ``convergence.png`` (parallel solves: relative residual
 per map evaluation) and ``metrics.json`` (the record).
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from ircore import files, images
+from ircore import figures, files, images
 
 OUTPUT_FILES = ("restored.png", "measurement.png", "side_by_side.png", "metrics.json", "convergence.png")
 
@@ -20,7 +21,7 @@ OUTPUT_FILES = ("restored.png", "measurement.png", "side_by_side.png", "metrics.
 class ImageResult(NamedTuple):
     """One image's restoration: ``record`` (JSON-ready: metrics, iterations, residual history, NFE, wall time,
     paths); ``restored`` (1, H, W, 3) and ``measurement`` (a picture of y) in [-1, 1]; ``reference``
-    (1, H, W, 3) or None; ``residuals`` (rounds,) relative residual per round, NaN padded, or None (no
+    (1, H, W, 3) or None; ``baseline`` (1, H, W, 3) the pseudo-inverse A^+ y; ``residuals`` (rounds,) relative residual per round, NaN padded, or None (no
     parallel solve); ``title`` of the convergence plot."""
 
     record: dict
@@ -29,6 +30,7 @@ class ImageResult(NamedTuple):
     reference: np.ndarray | None
     residuals: np.ndarray | None
     title: str
+    baseline: np.ndarray | None = None
 
 
 def check_outputs_free(output: str, folder_names: Sequence[str], overwrite: bool) -> None:
@@ -47,14 +49,24 @@ def write_result(folder: pathlib.Path, result: ImageResult) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     images.write_png(folder / "restored.png", result.restored)
     images.write_png(folder / "measurement.png", result.measurement)
-    panels = [result.measurement, result.restored]
+    images.write_png(folder / "side_by_side.png", comparison_figure(result))
     if result.reference is not None:
         images.write_png(folder / "reference.png", result.reference)
-        panels.append(result.reference)
-    images.write_png(folder / "side_by_side.png", images.side_by_side(panels))
     if result.residuals is not None:
         plot_convergence(result.residuals, folder / "convergence.png", result.title)
     files.write_json(folder / "metrics.json", result.record)
+
+
+def comparison_figure(result: ImageResult) -> np.ndarray:
+    """The labelled side-by-side: degraded y | A^+ y | restored | reference, scores in the labels."""
+    record = result.record
+    panels = [("degraded y", result.measurement)]
+    if result.baseline is not None:
+        panels.append((figures.score_label("A+y", record.get("baseline")), result.baseline))
+    panels.append((figures.score_label("restored", record if "psnr" in record else None), result.restored))
+    if result.reference is not None:
+        panels.append(("reference", result.reference))
+    return figures.comparison(panels)
 
 
 def plot_convergence(residuals: np.ndarray, path: pathlib.Path, title: str) -> None:

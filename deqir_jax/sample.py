@@ -12,8 +12,10 @@ For every image (one file or every image of a folder) it synthesises the measure
 from the clean image, or takes y as given (``--config.input_is_measurement``), runs the parallel
 fixed-point solver (or ``--config.sampler=sequential``) and writes, into ``<output>/<image name>/``,
 the files of :mod:`deqir_jax.results` (``restored.png``, ``measurement.png``, ``reference.png``,
-``side_by_side.png``, ``metrics.json``: PSNR/SSIM against the reference, iterations, residual history, NFE,
-wall time; ``convergence.png``). ``output`` empty (the default) means a fresh
+``side_by_side.png``, ``metrics.json``: PSNR/SSIM (and LPIPS with the ``lpips`` extra) against the reference,
+also of the A^+ y baseline, iterations, residual history, NFE, wall time; ``convergence.png``). Compiled
+programs are kept in JAX's persistent cache (``--config.compilation_cache``: ``auto`` = a per-user folder, a
+path, or ``off``), so a second run skips compilation. ``output`` empty (the default) means a fresh
 ``outputs/deqir/run-<date>-<time>`` folder; existing results are never overwritten unless
 ``--config.overwrite``. :func:`restore_images` is the same from Python.
 
@@ -40,7 +42,7 @@ from deqir_jax import anderson, models, presets
 from deqir_jax import operators as ops
 from deqir_jax.restore import ChainSettings, RestoreOutput, make_init_opt_fn, make_restore_fn
 from deqir_jax.results import ImageResult, check_outputs_free, write_result
-from ircore import images, mesh, metrics
+from ircore import compile_cache, images, mesh, scoring
 
 DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "deqir" / "sr_bicubic_x4.py"
 DEFAULT_CONFIG_ARG = "embedded"
@@ -80,7 +82,8 @@ def prepare_image(img: np.ndarray, size: int, mode: str) -> np.ndarray:
 class RunSetup(NamedTuple):
     """What a run builds once: its preset, chain settings, operator, prior weights (a copy on every device
     for the parallel sampler), jitted ``restore_fn(params, op, y, x_T, z)``, jitted x_T optimisation
-    ``init_opt_fn(params, op, y, x_T, z, target)`` (None when off) and PRNG key (from ``cfg.seed``)."""
+    ``init_opt_fn(params, op, y, x_T, z, target)`` (None when off), PRNG key (from ``cfg.seed``) and the
+    scorer (PSNR / SSIM, LPIPS with the ``lpips`` extra and ``cfg.lpips``)."""
 
     cfg: ml_collections.ConfigDict
     settings: ChainSettings
@@ -89,6 +92,7 @@ class RunSetup(NamedTuple):
     restore_fn: Callable[..., RestoreOutput]
     init_opt_fn: Callable[..., Any] | None
     key: jax.Array
+    scorer: scoring.Scorer
 
     @property
     def size(self) -> int:
@@ -113,7 +117,8 @@ def set_up(cfg: ml_collections.ConfigDict, params: Any | None = None) -> RunSetu
                                        sharding=sharding)
     size = int(cfg.image_size)
     op = presets.build_operator(cfg, (size, size))
-    return RunSetup(cfg, settings, op, params, restore_fn, init_opt_fn, jax.random.PRNGKey(int(cfg.seed)))
+    return RunSetup(cfg, settings, op, params, restore_fn, init_opt_fn, jax.random.PRNGKey(int(cfg.seed)),
+                    scoring.Scorer(use_lpips=bool(cfg.get("lpips", True))))
 
 
 # ------------------------------------------------------------------------------------------ once per image
@@ -191,14 +196,6 @@ def solve_record(settings: ChainSettings, out: RestoreOutput) -> dict:
     }
 
 
-def scores(restored: np.ndarray, reference: np.ndarray | None) -> dict:
-    """PSNR / SSIM of ``restored`` ([0, 1]) against ``reference`` ([-1, 1]); {} without a reference."""
-    if reference is None:
-        return {}
-    ref01 = (reference + 1.0) / 2.0
-    return {"psnr": float(metrics.psnr(restored, ref01)[0]), "ssim": float(metrics.ssim(restored, ref01)[0])}
-
-
 def restore_file(run: RunSetup, file: pathlib.Path, index: int, folder: pathlib.Path) -> ImageResult:
     """Measure -> (x_T optimisation) -> restore -> score one image; ``folder`` is where its results will go."""
     inputs = measure(run, file, index)
@@ -207,7 +204,12 @@ def restore_file(run: RunSetup, file: pathlib.Path, index: int, folder: pathlib.
     out = jax.block_until_ready(run.restore_fn(run.params, run.op, inputs.y, x_T, inputs.z))
     wall = time.perf_counter() - start
     anderson.check_result(out)  # one-line SolverDivergedError on NaN / divergence
-    restored = np.clip((np.asarray(out.x0) + 1.0) / 2.0, 0.0, 1.0)
+    restored = np.asarray(out.x0)
+    baseline = np.asarray(run.op.A_pinv(inputs.y)).reshape(restored.shape)  # A^+ y: the DDNM range-space part
+    scored = {}
+    if inputs.reference is not None:
+        scored = {**run.scorer(restored, inputs.reference),
+                  "baseline": {"name": "A+y", **run.scorer(baseline, inputs.reference)}}
     record = {
         "image": str(file),
         "task": run.cfg.degradation.name,
@@ -217,13 +219,13 @@ def restore_file(run: RunSetup, file: pathlib.Path, index: int, folder: pathlib.
         "sigma_y": float(run.cfg.sigma_y),
         "image_size": run.size,
         "folder": str(folder.resolve()),
-        "side_by_side": ["degraded", "restored"] + (["reference"] if inputs.reference is not None else []),
+        "side_by_side": ["degraded", "A+y", "restored"] + (["reference"] if inputs.reference is not None else []),
         **opt_record,
-        **scores(restored, inputs.reference),
+        **scored,
     }
     parallel = run.settings.sampler == "parallel"
     return ImageResult(
-        record=record, restored=np.asarray(out.x0), measurement=run.op.measurement_image(inputs.y),
+        record=record, restored=restored, measurement=run.op.measurement_image(inputs.y), baseline=baseline,
         reference=inputs.reference, residuals=np.asarray(out.residuals) if parallel else None,
         title=f"{file.name}: {run.settings.solver.method}, T={run.settings.timesteps}",
     )
@@ -266,16 +268,20 @@ def main(argv: list[str] | None = None) -> None:
                                  "package was installed without its repository): pass --config "
                                  "configs/deqir/<task>.py")
         try:
+            compile_cache.enable(cfg.get("compilation_cache", "auto"))
             records = restore_images(cfg)
         except (ValueError, FileNotFoundError, FileExistsError, anderson.SolverDivergedError) as err:
             print(f"deqir_jax.sample: error: {' '.join(str(err).split())}", file=sys.stderr)
             sys.exit(1)
         for r in records:
             quality = f" PSNR {r['psnr']:.2f} dB SSIM {r['ssim']:.4f}" if "psnr" in r else ""
+            quality += f" LPIPS {r['lpips']:.4f}" if r.get("lpips") is not None else ""
             print(f"{r['image']}: {r['status']} after {r['map_evaluations']} evaluations "
                   f"(NFE {r['nfe']}), {r['wall_time_s']:.1f} s{quality}")
         for folder in dict.fromkeys(r["folder"] for r in records):
             print(f"results in {folder}")
+        if cfg.get("lpips", True) and any("psnr" in r and r.get("lpips") is None for r in records):
+            print("LPIPS not measured: install the lpips extra (pip install '.[lpips]')")
 
     app.run(run, argv=argv)
 

@@ -44,7 +44,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ircore import checkpoints, files, images, metrics
+from ircore import checkpoints, compile_cache, figures, files, images, scoring
 from resshift_jax import pipeline, resize
 from resshift_jax.models import vq
 
@@ -170,16 +170,16 @@ def plan_jobs(
     return list(zip(inputs, masks, outputs))
 
 
-def image_scores(restored: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    """PSNR / SSIM of a [-1, 1] image (1, H, W, 3) against the reference, on RGB and on the Y channel."""
-    a, b = images.to_unit(np.clip(restored, -1.0, 1.0)), images.to_unit(reference)
-    return {"psnr": float(metrics.psnr(a, b)[0]), "ssim": float(metrics.ssim(a, b)[0]),
-            "psnr_y": float(metrics.psnr(a, b, y_channel=True)[0]),
-            "ssim_y": float(metrics.ssim(a, b, y_channel=True)[0])}
+def image_scores(restored: np.ndarray, reference: np.ndarray,
+                 scorer: Optional[scoring.Scorer] = None) -> dict[str, float | None]:
+    """PSNR / SSIM of a [-1, 1] image (1, H, W, 3) against the reference, on RGB and on the Y channel, and
+    LPIPS (``None`` without a scorer that has the ``lpips`` extra's weights)."""
+    scorer = scoring.Scorer(use_lpips=False) if scorer is None else scorer
+    return scorer(restored, reference, y_channel=True)
 
 
 # ----------------------------------------------------------------------------------------------- LQ inputs
-def _restore_jobs(cfg, restorer, jobs, references, networks, *, progress, log) -> tuple[list, dict]:
+def _restore_jobs(cfg, restorer, jobs, references, networks, *, progress, log, scorer) -> tuple[list, dict]:
     """Restores every job (input, mask, output) not written yet; returns (files written, scores by file name)."""
     single = not pathlib.Path(cfg.input).is_dir()
     preloaded = {}
@@ -211,7 +211,7 @@ def _restore_jobs(cfg, restorer, jobs, references, networks, *, progress, log) -
             if reference.shape != out.shape:
                 raise SampleError(f"reference {references[i]} is {reference.shape[2]}x{reference.shape[1]} but the "
                                   f"restored {src.name} is {out.shape[2]}x{out.shape[1]} (width x height)")
-            scores[src.name] = image_scores(out, reference)
+            scores[src.name] = image_scores(out, reference, scorer)
         written.append(images.write_png(dst, out))
     if skipped:
         log(f"skipped {len(skipped)} existing output(s) (pass --config.overwrite=True to replace them)")
@@ -220,7 +220,7 @@ def _restore_jobs(cfg, restorer, jobs, references, networks, *, progress, log) -
     return written, scores
 
 
-def _restore_lq_inputs(cfg, restorer, out_dir, networks, *, progress, log) -> dict[str, Any]:
+def _restore_lq_inputs(cfg, restorer, out_dir, networks, *, progress, log, scorer) -> dict[str, Any]:
     jobs = plan_jobs(cfg.input, out_dir, cfg.mask or None)
     single = not pathlib.Path(cfg.input).is_dir()
     if single and jobs[0][2].exists() and not cfg.overwrite:
@@ -232,7 +232,8 @@ def _restore_lq_inputs(cfg, restorer, out_dir, networks, *, progress, log) -> di
     references = None
     if cfg.reference:
         references = _partner_files("reference", cfg.reference, [j[0] for j in jobs], single)
-    written, scores = _restore_jobs(cfg, restorer, jobs, references, networks, progress=progress, log=log)
+    written, scores = _restore_jobs(cfg, restorer, jobs, references, networks, progress=progress, log=log,
+                                    scorer=scorer)
     if scores:
         record = {"model": cfg.get("name", ""), "seed": int(cfg.sample.seed), "reference": str(cfg.reference),
                   "images": scores}
@@ -274,6 +275,7 @@ def restore_clean_image(
     out_dir: str | os.PathLike,
     *,
     networks: Optional[tuple[Any, Any]] = None,
+    scorer: Optional[scoring.Scorer] = None,
 ) -> dict[str, Any]:
     """Degrades the clean image ``cfg.input`` (bicubic x 1/sf), restores it and writes the result files (see the
     module docstring) into ``out_dir``, which must not hold them yet; returns the metrics record."""
@@ -290,13 +292,16 @@ def restore_clean_image(
     for name in ("lq", "bicubic", "restored"):
         images.write_png(out_dir / f"{name}.png", res[name])
     images.write_png(out_dir / "reference.png", res["hq"])
-    images.write_png(out_dir / "side_by_side.png",
-                     images.side_by_side([res["lq"], res["bicubic"], res["restored"], res["hq"]]))
+    restored_scores, bicubic_scores = image_scores(res["restored"], res["hq"], scorer), image_scores(
+        res["bicubic"], res["hq"], scorer)
+    images.write_png(out_dir / "side_by_side.png", figures.comparison([
+        ("LQ input", res["lq"]), (figures.score_label("bicubic", bicubic_scores), res["bicubic"]),
+        (figures.score_label("restored", restored_scores), res["restored"]), ("reference", res["hq"])]))
     record = {
         "image": str(hq_path), "model": cfg.get("name", ""), "sf": restorer.sf,
         "degradation": "matlab_bicubic", "hq_size": list(res["hq"].shape[1:3]), "lq_size": list(res["lq"].shape[1:3]),
         "steps": int(cfg.diffusion.steps), "nfe": int(cfg.diffusion.steps), "seed": int(cfg.sample.seed),
-        "restored": image_scores(res["restored"], res["hq"]), "bicubic": image_scores(res["bicubic"], res["hq"]),
+        "restored": restored_scores, "bicubic": bicubic_scores,
         "wall_time_s": res["wall_time_s"], "folder": str(out_dir.resolve()),
         "side_by_side": ["lq", "bicubic", "restored", "reference"],
     }
@@ -333,15 +338,16 @@ def restore_lq_images(
     except ValueError as err:
         raise SampleError(str(err)) from None
     out_dir = pathlib.Path(cfg.output) if cfg.output else None
+    scorer = scoring.Scorer(use_lpips=bool(cfg.get("lpips", True)))
     if not cfg.input_is_measurement:
         if not pathlib.Path(cfg.input).exists():
             raise SampleError(f"input {cfg.input} does not exist")
         out_dir = out_dir or images.fresh_folder(DEFAULT_OUTPUT_PARENT)
-        record = restore_clean_image(cfg, restorer, out_dir, networks=networks)
+        record = restore_clean_image(cfg, restorer, out_dir, networks=networks, scorer=scorer)
         return {"folder": out_dir.resolve(), "written": [out_dir / n for n in CLEAN_IMAGE_OUTPUTS],
                 "metrics": record}
     out_dir = out_dir or images.fresh_folder(DEFAULT_OUTPUT_PARENT)
-    return _restore_lq_inputs(cfg, restorer, out_dir, networks, progress=progress, log=log)
+    return _restore_lq_inputs(cfg, restorer, out_dir, networks, progress=progress, log=log, scorer=scorer)
 
 
 def _unknown_field(err: BaseException, argv: list[str]) -> str:
@@ -356,16 +362,25 @@ def _unknown_field(err: BaseException, argv: list[str]) -> str:
     return f"unknown config field {dotted}" + (f" ({hint.strip()})" if hint.strip() else "")
 
 
+def _lpips(score: dict, sep: str = " LPIPS ") -> str:
+    return f"{sep}{score['lpips']:.4f}" if score.get("lpips") is not None else ""
+
+
+def _lpips_note(scores: Iterable[dict]) -> list[str]:
+    missing = any(s.get("lpips") is None for s in scores)
+    return ["LPIPS not measured: install the lpips extra (pip install '.[lpips]')"] if missing else []
+
+
 def summary(result: dict[str, Any]) -> list[str]:
     """The lines the command prints for a :func:`restore_lq_images` result."""
     if "metrics" in result:
         record = result["metrics"]
         r, b = record["restored"], record["bicubic"]
         return [f"{record['image']}: x{record['sf']} in {record['wall_time_s']:.1f} s, PSNR {r['psnr']:.2f} dB "
-                f"SSIM {r['ssim']:.4f} (bicubic {b['psnr']:.2f} dB / {b['ssim']:.4f})",
-                f"results in {record['folder']}"]
-    lines = [f"{name}: PSNR {score['psnr']:.2f} dB SSIM {score['ssim']:.4f}"
-             for name, score in result["scores"].items()]
+                f"SSIM {r['ssim']:.4f}{_lpips(r)} (bicubic {b['psnr']:.2f} dB / {b['ssim']:.4f}{_lpips(b, ' / ')})",
+                f"results in {record['folder']}"] + _lpips_note([r])
+    lines = [f"{name}: PSNR {score['psnr']:.2f} dB SSIM {score['ssim']:.4f}{_lpips(score)}"
+             for name, score in result["scores"].items()] + _lpips_note(result["scores"].values())
     pngs = [p for p in result["written"] if p.suffix == ".png"]
     return lines + [f"wrote {len(pngs)} image(s) to {result['folder']}"]
 
@@ -412,6 +427,7 @@ def main(argv: list[str] | None = None) -> None:
             raise app.UsageError(f"no --config given and the default {DEFAULT_CONFIG} is not here (the package "
                                  "was installed without its repository): pass --config configs/resshift/<model>.py")
         try:
+            compile_cache.enable(flags.FLAGS.config.get("compilation_cache", "auto"))
             result = restore_lq_images(flags.FLAGS.config, log=lambda msg: print(msg, file=sys.stderr))
         except (SampleError, FileNotFoundError, ValueError) as err:
             _fail(str(err))

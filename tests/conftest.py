@@ -1,6 +1,7 @@
 """Test set-up shared by every test.
 
 * 8 virtual CPU devices (set before jax is imported), so sharded code runs on a real mesh.
+* ``IRDIFF_COMPILATION_CACHE``: a temporary folder, so command lines the tests run leave the user's cache alone.
 * ``fixtures_dir``: the reference-fixture folder, from ``REFERENCE_FIXTURES`` (default
   ``../shared/fixtures`` relative to the repository root).
 
@@ -12,11 +13,14 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Command lines run by the tests keep JAX's persistent compilation cache in a temporary folder, not the user's.
+os.environ.setdefault("IRDIFF_COMPILATION_CACHE", tempfile.mkdtemp(prefix="irdiff-test-jax-cache-"))
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

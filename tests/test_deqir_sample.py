@@ -70,6 +70,8 @@ def test_sample_writes_every_output(tiny_prior, tmp_path):
     assert record["nfe"] == record["map_evaluations"] * 10
     assert len(record["residual_history"]) == record["map_evaluations"]
     assert np.isfinite(record["psnr"]) and 0.0 < record["ssim"] <= 1.0
+    assert record["lpips"] is not None and record["baseline"]["name"] == "A+y"  # A^+ y scored as the baseline
+    assert np.isfinite(record["baseline"]["psnr"]) and record["baseline"]["lpips"] is not None
     # Range-space consistency: the DDNM rectification makes A x0 = y up to float error.
     assert record["consistency_l2"] < 1e-2
     with pytest.raises(FileExistsError, match="overwrite"):

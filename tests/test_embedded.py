@@ -133,8 +133,10 @@ def test_deqir_sample_with_no_arguments(tmp_path):
     assert record["image"] == str(photos.bundled_path(photos.DEFAULT))
     assert images.read_image(folder / "restored.png").shape == (1, 64, 64, 3)
     assert images.read_image(folder / "measurement.png").shape == (1, 16, 16, 3)
-    assert images.read_image(folder / "side_by_side.png").shape == (1, 64, 3 * 64 + 2 * 4, 3)
+    # labelled figure: degraded y | A+y | restored | reference, each 64 px shown at 256, plus the zoom row
+    assert images.read_image(folder / "side_by_side.png").shape == (1, 22 + 6 + 256 + 6 + 256, 4 * 256 + 3 * 6, 3)
     assert record["psnr"] > 15.0 and len(record["residual_history"]) == record["map_evaluations"]
+    assert record["psnr"] > record["baseline"]["psnr"] and 0.0 < record["lpips"] < record["baseline"]["lpips"]
 
 
 @pytest.mark.slow
@@ -150,3 +152,8 @@ def test_resshift_sample_with_no_arguments(tmp_path):
     for name in ("restored", "bicubic"):  # the recorded scores are those of the written 8-bit files
         written = images.to_unit(images.read_image(folder / f"{name}.png"))
         assert abs(float(metrics.psnr(written, ref)[0]) - record[name]["psnr"]) < 0.05, name
+        assert record[name]["lpips"] is not None  # the test extra installs the LPIPS weights
+    side = images.read_image(folder / "side_by_side.png")  # labelled LQ | bicubic | restored | reference + zoom row
+    h, w = record["hq_size"]
+    f = max(1, -(-256 // h))  # panels enlarged (nearest) to at least 256 px high
+    assert side.shape[1:3] == (22 + 6 + h * f + 6 + h * f, 4 * w * f + 3 * 6)

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from deqir_jax import results
+from ircore import images
 
 
 def _result(with_reference: bool, with_residuals: bool) -> results.ImageResult:
@@ -28,10 +29,22 @@ def test_write_result_writes_every_file(tmp_path):
     assert names == sorted(results.OUTPUT_FILES + ("reference.png",))  # no temporary files left
     assert json.loads((tmp_path / "x" / "metrics.json").read_text()) == result.record
     assert Image.open(tmp_path / "x" / "measurement.png").size == (8, 8)
-    side = Image.open(tmp_path / "x" / "side_by_side.png")
-    assert side.size[1] == 16 and side.size[0] > 8 + 16 + 16
+    side = np.asarray(Image.open(tmp_path / "x" / "side_by_side.png"))
+    np.testing.assert_array_equal(side, images.to_uint8(results.comparison_figure(result)))
+    # three labelled panels (degraded y, restored, reference) enlarged to 256 px, plus a zoomed row
+    assert side.shape == (22 + 6 + 256 + 6 + 256, 3 * 256 + 2 * 6, 3)
     restored = np.asarray(Image.open(tmp_path / "x" / "restored.png"), np.float32) / 127.5 - 1.0
     np.testing.assert_allclose(restored, result.restored[0], atol=1 / 127.5 + 1e-6)
+
+
+def test_comparison_figure_labels_the_baseline_and_the_scores():
+    result = _result(with_reference=True, with_residuals=False)
+    record = {**result.record, "ssim": 0.9, "lpips": 0.1, "baseline": {"name": "A+y", "psnr": 20.0, "ssim": 0.5}}
+    result = result._replace(record=record, baseline=result.restored * 0.5)
+    fig = images.to_uint8(results.comparison_figure(result))
+    assert fig.shape[1] == 4 * 256 + 3 * 6  # degraded y | A+y | restored | reference
+    for i in range(4):  # every panel has a label (dark text on the white strip above it)
+        assert fig[:22, i * 262: i * 262 + 256].min() < 100
 
 
 def test_without_reference_or_parallel_solve_those_files_are_absent(tmp_path):
