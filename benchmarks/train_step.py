@@ -1,4 +1,4 @@
-r"""Speed of one ResShift train step: step time, images/s and model FLOPs utilisation (MFU).
+r"""Speed of one ResShift train step: step time, steps/s, images/s and model FLOPs utilisation (MFU).
 
     python benchmarks/train_step.py [--config configs/resshift/realsr_x4_v3.py] [--batch 8] [--steps 10]
         [--dtype bfloat16] [--lpips_weight 1.0] [--mesh 8,1] [--crop 256] [--peak_tflops 989] [--out result.json]
@@ -54,6 +54,14 @@ def step_flops(compiled) -> float | None:
     return float(analysis["flops"])
 
 
+def throughput(global_batch: int, step_s: float) -> dict:
+    """``{"step_s", "steps_per_s", "images_per_s"}`` of a step taking ``step_s`` seconds on ``global_batch``
+    images (images/s = global batch x steps/s)."""
+    if step_s <= 0:
+        raise ValueError(f"step time must be positive, got {step_s}")
+    return {"step_s": step_s, "steps_per_s": 1.0 / step_s, "images_per_s": global_batch / step_s}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default=str(REPO / "configs/resshift/realsr_x4_v3.py"))
@@ -75,8 +83,7 @@ def main(argv=None) -> dict:
                       "eval_every": 0})
     cfg.autoencoder_random_init = True
     cfg.autoencoder_checkpoint = ""
-    cfg.lpips.random_init = True
-    cfg.lpips.vgg_weights = ""
+    cfg.lpips.weights = "random"
     if args.lpips_weight is not None:
         cfg.loss.lpips_weight = args.lpips_weight
     if args.task:
@@ -114,7 +121,7 @@ def main(argv=None) -> dict:
         "config": pathlib.Path(args.config).name, "task": cfg.task, "unet_params": unet_params,
         "global_batch": args.batch, "accum_steps": args.accum, "crop": crop, "dtype": args.dtype,
         "lpips_weight": float(cfg.loss.lpips_weight), "mesh": dict(tr.mesh.shape),
-        "compile_s": round(compile_s, 2), "step_s": step_s, "images_per_s": args.batch / step_s,
+        "compile_s": round(compile_s, 2), **throughput(args.batch, step_s),
         "step_tflop": None if flops is None else flops / 1e12,
         "achieved_tflops": None if flops is None else flops / step_s / 1e12,
         "mfu": None if (flops is None or peak is None) else flops / step_s / (peak * 1e12 * n_dev),

@@ -4,16 +4,19 @@ Only the process that owns the logger writes (normally ``jax.process_index() == 
 logger whose methods do nothing, so callers need no ``if``.
 
 Files in ``workdir``: ``metrics.jsonl`` (one ``{"step": ..., "kind": "train"|"eval", ...}`` object per line)
-and ``tensorboard/events.out.tfevents.*``.
+and ``tensorboard/events.out.tfevents.*`` (scalars, and images such as the validation comparisons).
+:func:`progress_bar` is the console's tqdm bar (steps/s, ETA) beside the per-N-steps lines.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import pathlib
 import struct
-from typing import Any, Mapping
+import sys
+from typing import Any, Callable, Iterator, Mapping, Optional, TextIO
 
 import numpy as np
 
@@ -21,6 +24,7 @@ from ircore import files
 
 JSONL_NAME = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+PROGRESS_MODES = ("auto", "on", "off")  # train.progress_bar: "auto" = only when stderr is a terminal
 
 
 def _plain(value: Any) -> Any:
@@ -144,15 +148,14 @@ def read_jsonl(workdir: str | os.PathLike, kind: str | None = "train") -> list[d
     return [r for r in records if kind is None or r.get("kind") == kind]
 
 
-def read_tensorboard_scalars(logdir: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
-    """Reads every scalar of the event files under ``logdir``: ``{tag: [(step, value), ...]}``.
+def _events(logdir: str | os.PathLike) -> Iterator[Any]:
+    """Every ``Event`` proto of the event files under ``logdir`` (file order, then record order).
 
     A small TFRecord reader (length, crc, payload, crc) over ``tensorboardX``'s ``Event`` proto, so that tests
     and scripts can check event files without TensorFlow or TensorBoard.
     """
     from tensorboardX.proto import event_pb2  # noqa: PLC0415
 
-    out: dict[str, list[tuple[int, float]]] = {}
     for path in sorted(pathlib.Path(logdir).rglob("events.out.tfevents.*")):
         data = path.read_bytes()
         pos = 0
@@ -162,8 +165,76 @@ def read_tensorboard_scalars(logdir: str | os.PathLike) -> dict[str, list[tuple[
             pos += 12 + length + 4
             if len(payload) < length:
                 break
-            event = event_pb2.Event.FromString(payload)
-            for value in event.summary.value:
-                if value.HasField("simple_value"):
-                    out.setdefault(value.tag, []).append((int(event.step), float(value.simple_value)))
+            yield event_pb2.Event.FromString(payload)
+
+
+def read_tensorboard_scalars(logdir: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
+    """Reads every scalar of the event files under ``logdir``: ``{tag: [(step, value), ...]}``."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for event in _events(logdir):
+        for value in event.summary.value:
+            if value.HasField("simple_value"):
+                out.setdefault(value.tag, []).append((int(event.step), float(value.simple_value)))
     return out
+
+
+def read_tensorboard_images(logdir: str | os.PathLike) -> dict[str, list[tuple[int, np.ndarray]]]:
+    """Reads every image summary under ``logdir``: ``{tag: [(step, (H, W, C) uint8), ...]}`` (PNG decoded)."""
+    from PIL import Image  # noqa: PLC0415
+
+    out: dict[str, list[tuple[int, np.ndarray]]] = {}
+    for event in _events(logdir):
+        for value in event.summary.value:
+            if value.HasField("image"):
+                pixels = np.asarray(Image.open(io.BytesIO(value.image.encoded_image_string)))
+                out.setdefault(value.tag, []).append((int(event.step), pixels.reshape(pixels.shape[:2] + (-1,))))
+    return out
+
+
+def progress_enabled(mode: str, stream: TextIO) -> bool:
+    """Whether to draw a progress bar: ``mode`` "on", "off" or "auto" (only when ``stream`` is a terminal)."""
+    if mode not in PROGRESS_MODES:
+        raise ValueError(f"train.progress_bar must be one of {PROGRESS_MODES}, got {mode!r}")
+    if mode == "auto":
+        isatty = getattr(stream, "isatty", None)
+        return bool(isatty and isatty())
+    return mode == "on"
+
+
+class _NoBar:
+    """The progress bar's stand-in when it is off: every method does nothing."""
+
+    def update(self, n: int = 1) -> None:  # noqa: ARG002
+        return None
+
+    def set_postfix_str(self, text: str, refresh: bool = True) -> None:  # noqa: ARG002
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def progress_bar(*, total: int, initial: int, mode: str = "auto", enabled: bool = True,
+                 stream: Optional[TextIO] = None) -> Any:
+    """A tqdm bar over train steps ``initial .. total`` (steps/s, ETA) on ``stream`` (default: the current
+    ``sys.stderr``), or a do-nothing stand-in when ``enabled`` is false (processes other than 0) or
+    :func:`progress_enabled` says no."""
+    stream = sys.stderr if stream is None else stream
+    if not (enabled and progress_enabled(mode, stream)):
+        return _NoBar()
+    from tqdm import tqdm  # noqa: PLC0415
+
+    return tqdm(total=total, initial=initial, unit="step", file=stream, dynamic_ncols=True, smoothing=0.1,
+                leave=True)
+
+
+def print_above(bar: Any, print_fn: Optional[Callable[..., Any]]) -> Optional[Callable[..., Any]]:
+    """``print_fn`` that clears ``bar`` before a line and redraws it after (``print_fn`` itself without a bar)."""
+    if print_fn is None or isinstance(bar, _NoBar):
+        return print_fn
+
+    def write(*args: Any, **kwargs: Any) -> None:
+        with bar.external_write_mode(file=bar.fp):
+            print_fn(*args, **kwargs)
+
+    return write

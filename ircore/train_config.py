@@ -32,6 +32,7 @@ def train_defaults() -> ml_collections.ConfigDict:
         "async_checkpoints": True,
         "eval_every": 10_000,
         "tensorboard": True,
+        "progress_bar": "auto",  # console tqdm bar (steps/s, ETA) on process 0: "auto" (terminal only), "on", "off"
         "max_inflight_steps": 2,  # steps dispatched ahead of the host (more is no faster; unbounded async
                                   # dispatch of multi-process CPU collectives can deadlock)
         "fast_compile": False,  # CPU only: compile with LLVM optimisations off (tests / smoke runs: ~2x faster

@@ -21,6 +21,9 @@ The same code runs on one CPU, 8 virtual CPU devices, a GPU box or a TPU pod sli
 Determinism: the step's PRNG key is ``fold_in(state.rng, state.step)``, and the data order depends only on the
 seed and the step, so a run resumed from a checkpoint repeats an uninterrupted one exactly.
 
+Console: a tqdm progress bar (steps/s, ETA, last logged loss) on process 0 when stderr is a terminal or
+``cfg.progress_bar == "on"`` (``"off"``: never), above which the log lines of every ``log_every`` steps print.
+
 Checkpoints (:class:`ircore.checkpoints.TrainCheckpoints` under ``workdir/checkpoints``): saved in the
 background every ``checkpoint_every`` steps, ``keep_checkpoints`` kept, and always at the last step and on
 SIGTERM (preemption; multi-process runs use JAX's preemption sync point so every process stops at the same
@@ -49,7 +52,7 @@ from jax.sharding import PartitionSpec as P
 from ircore import mesh as mesh_lib
 from ircore.checkpoints import CHECKPOINT_DIR, TrainCheckpoints
 from ircore.compiling import maybe_fast
-from ircore.logging_utils import MetricLogger
+from ircore.logging_utils import MetricLogger, print_above, progress_bar
 
 LossFn = Callable[[Any, Any, Any, jax.Array], "tuple[jax.Array, Mapping[str, jax.Array]]"]
 EvalFn = Callable[["TrainState"], "tuple[Mapping[str, float], Mapping[str, np.ndarray]]"]
@@ -245,7 +248,9 @@ class Trainer:
       loss_fn: ``(params, frozen, batch, key) -> (loss, metrics)``.
       frozen: pytree of host arrays (same on every process) used by the loss but not trained.
       mesh: defaults to a ``("data", "fsdp")`` mesh of shape ``cfg.mesh_shape`` over all devices.
-      eval_fn: ``state -> (scalars, images)``, run on every process every ``cfg.eval_every`` steps.
+      eval_fn: ``state -> (scalars, images)``, run on every process every ``cfg.eval_every`` steps; the scalars
+        and images (NHWC / HWC, uint8 or [-1, 1], e.g. :func:`ircore.figures.comparison` panels) go to
+        TensorBoard as ``eval/<name>``.
       metadata: JSON-able dict stored in each checkpoint's ``meta`` record (e.g. the full config).
       print_fn: where log lines go (process 0 only).
     """
@@ -332,9 +337,10 @@ class Trainer:
     def _meta(self, step: int) -> dict:
         return {"step": int(step), "data_step": int(step), "global_batch": self.global_batch, **self.metadata}
 
-    def _say(self, line: str) -> None:
-        if self.print_fn is not None and jax.process_index() == 0:
-            self.print_fn(line, flush=True)
+    def _say(self, line: str, logger: MetricLogger) -> None:
+        """A console line from process 0 through ``logger``'s printer (which keeps the progress bar intact)."""
+        if logger.print_fn is not None and jax.process_index() == 0:
+            logger.print_fn(line, flush=True)
 
     # -- loop
     def fit(self, batches: Callable[[int], Iterable[Any]], total_steps: Optional[int] = None) -> TrainState:
@@ -348,23 +354,30 @@ class Trainer:
                               tensorboard=bool(self.cfg.tensorboard), print_fn=self.print_fn)
         ckpt = self.checkpoints()
         watcher = PreemptionWatcher()
+        bar = None
         try:
             state, start = self.restore_or_init(ckpt)
             logger.truncate_after(start)
             how = f"resumed from step {start}" if start else "started from scratch"
             self._say(f"{how}; mesh {dict(self.mesh.shape)}, global batch {self.global_batch}, "
-                      f"{jax.process_count()} process(es)")
-            state = self._loop(state, start, total, batches, ckpt, logger, watcher)
+                      f"{jax.process_count()} process(es)", logger)
+            bar = progress_bar(total=total, initial=start, mode=str(self.cfg.get("progress_bar", "auto")),
+                               enabled=jax.process_index() == 0)
+            logger.print_fn = print_above(bar, logger.print_fn)
+            state = self._loop(state, start, total, batches, ckpt, logger, watcher, bar)
             ckpt.wait()
             return state
         finally:
+            if bar is not None:
+                bar.close()
             watcher.close()
             ckpt.close()
             logger.close()
 
     def _loop(self, state: TrainState, start: int, total: int, batches: Callable[[int], Iterable[Any]],
-              ckpt: TrainCheckpoints, logger: MetricLogger, watcher: PreemptionWatcher) -> TrainState:
-        """Steps ``start .. total - 1``, keeping at most ``cfg.max_inflight_steps`` steps dispatched ahead."""
+              ckpt: TrainCheckpoints, logger: MetricLogger, watcher: PreemptionWatcher, bar: Any) -> TrainState:
+        """Steps ``start .. total - 1``, keeping at most ``cfg.max_inflight_steps`` steps dispatched ahead;
+        ``bar`` (:func:`ircore.logging_utils.progress_bar`) advances once per step."""
         iterator: Iterator[Any] = iter(batches(start))
         clock = _StepClock(self.global_batch)
         inflight: collections.deque = collections.deque()
@@ -379,20 +392,24 @@ class Trainer:
             if len(inflight) > max_inflight:
                 jax.block_until_ready(inflight.popleft())
             clock.tick(metrics)
-            self._after_step(step + 1, total, state, metrics, ckpt, logger, clock)
+            bar.update(1)
+            self._after_step(step + 1, total, state, metrics, ckpt, logger, clock, bar)
         return state
 
     def _after_step(self, step: int, total: int, state: TrainState, metrics: Any, ckpt: TrainCheckpoints,
-                    logger: MetricLogger, clock: _StepClock) -> None:
-        """The due checkpoint, log line and evaluation after update ``step`` (all three at the last step)."""
+                    logger: MetricLogger, clock: _StepClock, bar: Any) -> None:
+        """The due checkpoint, log line and evaluation after update ``step`` (all three at the last step); the
+        logged loss also goes to the progress bar ``bar``."""
         cfg, last = self.cfg, step == total
         if step % int(cfg.checkpoint_every) == 0 or last:
             with clock.paused(metrics):  # the save's blocking part is not training time
                 ckpt.save(step, state, self._meta(step), force=True)
-                self._say(f"checkpoint: saving step {step}")
+                self._say(f"checkpoint: saving step {step}", logger)
         if step % int(cfg.log_every) == 0 or last:
             scalars = {name: float(value) for name, value in jax.device_get(metrics).items()}
             logger.scalars(step, {**scalars, **clock.rates()})
+            if "loss" in scalars:
+                bar.set_postfix_str(f"loss {scalars['loss']:.4g}", refresh=False)
         if self.eval_fn is not None and cfg.eval_every and (step % int(cfg.eval_every) == 0 or last):
             with clock.paused(metrics):
                 scalars, images = self.eval_fn(state)
@@ -406,7 +423,7 @@ class Trainer:
             ckpt.save(step, state, self._meta(step), force=True)
             ckpt.wait()
         logger.scalars(step, {"preempted": 1}, kind="event", echo=False)
-        self._say(f"preempted: saved step {step}")
+        self._say(f"preempted: saved step {step}", logger)
 
 
 class _StepClock:

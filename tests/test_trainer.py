@@ -189,6 +189,38 @@ def test_fit_logs_checkpoints_and_resumes_exactly(tmp_path):
     np.testing.assert_allclose([v for _, v in tb["train/loss"]], [r["loss"] for r in full_log], rtol=1e-6)
 
 
+def toy_eval(state):
+    """Scalars and two images: a [-1, 1] HWC figure and a uint8 NHWC batch of one."""
+    w = np.asarray(jax.device_get(state.ema_params["dense"]["kernel"]))
+    figure = np.tanh(np.repeat(w[:, :, None], 3, axis=2)).astype(np.float32)  # (64, 32, 3)
+    return {"w_mean": float(w.mean())}, {"figure": figure, "patch": np.full((1, 6, 10, 3), 7, np.uint8)}
+
+
+def test_eval_images_reach_tensorboard_and_the_bar_shows_when_asked(tmp_path, capsys):
+    tr = trainer.Trainer(toy_config(total_steps=4, eval_every=2, checkpoint_every=100, progress_bar="on"),
+                         tmp_path / "on", init_params=toy_init, loss_fn=toy_loss, frozen=FROZEN, eval_fn=toy_eval,
+                         print_fn=print)
+    tr.fit(toy_batches((0, 16)))
+    captured = capsys.readouterr()
+    assert "4/4" in captured.err and "step" in captured.err  # tqdm: steps, rate, ETA on stderr
+    assert "\nstep 4 | " in captured.out and "[eval] step 4 | w_mean" in captured.out  # the log lines stay
+    images = logging_utils.read_tensorboard_images(tmp_path / "on" / logging_utils.TENSORBOARD_DIR)
+    assert set(images) == {"eval/figure", "eval/patch"}
+    assert [step for step, _ in images["eval/figure"]] == [2, 4]
+    assert images["eval/figure"][0][1].shape == (DIM_IN, DIM_OUT, 3)
+    assert images["eval/patch"][0][1].shape == (6, 10, 3)
+    assert [s for s, _ in logging_utils.read_tensorboard_scalars(tmp_path / "on")["eval/w_mean"]] == [2, 4]
+
+    # the default ("auto") draws nothing when stderr is no terminal (here: captured)
+    make_trainer(tmp_path / "auto", total_steps=2, checkpoint_every=100).fit(toy_batches((0, 16)))
+    assert "2/2" not in capsys.readouterr().err
+
+
+def test_progress_bar_setting_is_checked(tmp_path):
+    with pytest.raises(ValueError, match="progress_bar must be one of"):
+        make_trainer(tmp_path, total_steps=1, progress_bar="yes").fit(toy_batches((0, 16)))
+
+
 def test_sigterm_saves_and_stops(tmp_path):
     base = toy_batches((0, 16))
 

