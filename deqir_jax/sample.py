@@ -83,7 +83,7 @@ class RunSetup(NamedTuple):
     """What a run builds once: its preset, chain settings, operator, prior weights (a copy on every device
     for the parallel sampler), jitted ``restore_fn(params, op, y, x_T, z)``, jitted x_T optimisation
     ``init_opt_fn(params, op, y, x_T, z, target)`` (None when off), PRNG key (from ``cfg.seed``) and the
-    scorer (PSNR / SSIM, LPIPS with the ``lpips`` extra and ``cfg.lpips``)."""
+    scorer (PSNR / SSIM, LPIPS with the ``lpips`` extra and ``cfg.score_lpips``)."""
 
     cfg: ml_collections.ConfigDict
     settings: ChainSettings
@@ -118,7 +118,7 @@ def set_up(cfg: ml_collections.ConfigDict, params: Any | None = None) -> RunSetu
     size = int(cfg.image_size)
     op = presets.build_operator(cfg, (size, size))
     return RunSetup(cfg, settings, op, params, restore_fn, init_opt_fn, jax.random.PRNGKey(int(cfg.seed)),
-                    scoring.Scorer(use_lpips=bool(cfg.get("lpips", True))))
+                    scoring.Scorer(use_lpips=bool(cfg.get("score_lpips", True))))
 
 
 # ------------------------------------------------------------------------------------------ once per image
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"(NFE {r['nfe']}), {r['wall_time_s']:.1f} s{quality}")
         for folder in dict.fromkeys(r["folder"] for r in records):
             print(f"results in {folder}")
-        if cfg.get("lpips", True) and any("psnr" in r and r.get("lpips") is None for r in records):
+        if cfg.get("score_lpips", True) and any("psnr" in r and r.get("lpips") is None for r in records):
             print("LPIPS not measured: install the lpips extra (pip install '.[lpips]')")
 
     app.run(run, argv=argv)

@@ -2,7 +2,7 @@
 
 ``comparison([("input", lq), ("restored  27.10 dB / 0.812", x0), ("reference", hq)])`` lays the panels out left to
 right, each enlarged with nearest-neighbour to a common size of at least ``min_height`` pixels (so a 64x64
-result is visible and an LR input keeps its pixels visible), writes each label above its panel, and adds a
+result is visible and an LR input keeps its pixels visible), writes each label above its panel (wrapped at its double spaces when wider than the panel), and adds a
 second row with the same crop of every panel magnified (the crop where the outputs differ most, marked with a
 red box on the first row). Images are NHWC/HWC in [-1, 1]; the figure is (H, W, 3) float32 in [-1, 1], ready for
 :func:`ircore.images.write_png`.
@@ -49,9 +49,22 @@ def busiest_crop(panels: Sequence[np.ndarray], size: tuple[int, int]) -> tuple[i
     return int(y), int(x)
 
 
-def _label_strip(text: str, width: int, font: Any, height: int) -> np.ndarray:
+def wrap_label(text: str, width: int, font: Any) -> list[str]:
+    """``text`` broken at its double spaces (between a label's parts) into lines that fit ``width`` pixels."""
+    lines: list[str] = []
+    for part in text.split("  "):
+        if lines and font.getlength(f"{lines[-1]}  {part}") <= width - 8:
+            lines[-1] = f"{lines[-1]}  {part}"
+        else:
+            lines.append(part)
+    return lines or [""]
+
+
+def _label_strip(lines: list[str], width: int, font: Any, line_h: int, height: int) -> np.ndarray:
     strip = Image.new("RGB", (width, height), "white")
-    ImageDraw.Draw(strip).text((4, 2), text, fill="black", font=font)
+    draw = ImageDraw.Draw(strip)
+    for i, line in enumerate(lines):
+        draw.text((4, 2 + i * line_h), line, fill="black", font=font)
     return np.asarray(strip)
 
 
@@ -74,8 +87,10 @@ def comparison(panels: Sequence[Panel], *, min_height: int = 256, zoom: bool = T
     common = [_enlarge(p, big_h, big_w) for p in pixels]  # every panel on the largest panel's pixel grid
     shown = [_enlarge(p, height, width) for p in common]
     font = ImageFont.load_default(size=font_size)
-    label_h = font_size + 8
-    rows = [[_label_strip(label, width, font, label_h) for label, _ in panels], shown]
+    wrapped = [wrap_label(label, width, font) for label, _ in panels]
+    line_h = font_size + 4
+    label_h = line_h * max(len(lines) for lines in wrapped) + 4  # 22 px for one line of 14 px text
+    rows = [[_label_strip(lines, width, font, line_h, label_h) for lines in wrapped], shown]
     if zoom and min(big_h, big_w) >= 8:
         crop_h, crop_w = max(4, int(big_h * zoom_fraction)), max(4, int(big_w * zoom_fraction))
         if zoom_on is None:

@@ -338,7 +338,7 @@ def restore_lq_images(
     except ValueError as err:
         raise SampleError(str(err)) from None
     out_dir = pathlib.Path(cfg.output) if cfg.output else None
-    scorer = scoring.Scorer(use_lpips=bool(cfg.get("lpips", True)))
+    scorer = scoring.Scorer(use_lpips=bool(cfg.get("score_lpips", True)))
     if not cfg.input_is_measurement:
         if not pathlib.Path(cfg.input).exists():
             raise SampleError(f"input {cfg.input} does not exist")

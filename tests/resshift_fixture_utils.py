@@ -114,13 +114,13 @@ def inpaint_setup(load_fixture) -> tuple[ml_collections.ConfigDict, Any, Any]:
     assert cfg.diffusion.sf == 1 and cfg.model.cond_mask
     ratio = cfg.model.lq_size // cfg.model.image_size
     channels = cfg.model.in_channels
-    unet_params = convert.convert_state_dict(state_dict(ufx), cfg, "unet")
+    unet_params = convert.convert_part_state_dict(state_dict(ufx), cfg, "unet")
     for name in VQ_FIXTURES:
         vfx = load_fixture(name)
         kwargs = vfx.meta["constructor_kwargs"]
         if 2 ** (len(kwargs["ddconfig"]["ch_mult"]) - 1) == ratio and kwargs["embed_dim"] == channels:
             cfg.autoencoder.params = kwargs
-            return cfg, unet_params, convert.convert_state_dict(state_dict(vfx), cfg, "autoencoder")
+            return cfg, unet_params, convert.convert_part_state_dict(state_dict(vfx), cfg, "autoencoder")
     kwargs = dict(load_fixture(VQ_FIXTURES[0]).meta["constructor_kwargs"])
     dd = dict(kwargs["ddconfig"])
     levels = int(np.log2(ratio)) + 1

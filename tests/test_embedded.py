@@ -134,7 +134,8 @@ def test_deqir_sample_with_no_arguments(tmp_path):
     assert images.read_image(folder / "restored.png").shape == (1, 64, 64, 3)
     assert images.read_image(folder / "measurement.png").shape == (1, 16, 16, 3)
     # labelled figure: degraded y | A+y | restored | reference, each 64 px shown at 256, plus the zoom row
-    assert images.read_image(folder / "side_by_side.png").shape == (1, 22 + 6 + 256 + 6 + 256, 4 * 256 + 3 * 6, 3)
+    side = images.read_image(folder / "side_by_side.png")
+    assert side.shape[2] == 4 * 256 + 3 * 6 and side.shape[1] - (6 + 256 + 6 + 256) in (22, 40)  # 1 or 2 label lines
     assert record["psnr"] > 15.0 and len(record["residual_history"]) == record["map_evaluations"]
     assert record["psnr"] > record["baseline"]["psnr"] and 0.0 < record["lpips"] < record["baseline"]["lpips"]
 
@@ -156,4 +157,4 @@ def test_resshift_sample_with_no_arguments(tmp_path):
     side = images.read_image(folder / "side_by_side.png")  # labelled LQ | bicubic | restored | reference + zoom row
     h, w = record["hq_size"]
     f = max(1, -(-256 // h))  # panels enlarged (nearest) to at least 256 px high
-    assert side.shape[1:3] == (22 + 6 + h * f + 6 + h * f, 4 * w * f + 3 * 6)
+    assert side.shape[2] == 4 * w * f + 3 * 6 and side.shape[1] - (6 + h * f + 6 + h * f) in (22, 40, 58)

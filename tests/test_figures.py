@@ -49,6 +49,19 @@ def test_busiest_crop_finds_the_difference():
     assert figures.busiest_crop([a, a], (8, 8)) == (12, 16)
 
 
+def test_long_labels_wrap_instead_of_being_cut():
+    photo = _photo(64)
+    long = figures.score_label("restored", {"psnr": 24.312, "ssim": 0.6139, "lpips": 0.4391})
+    fig = images.to_uint8(figures.comparison([("input", photo), (long, photo)], min_height=128))
+    font = figures.ImageFont.load_default(size=14)
+    lines = figures.wrap_label(long, 128, font)
+    assert len(lines) > 1 and "  ".join(lines) == long and all(font.getlength(x) <= 120 for x in lines)
+    assert fig.shape[0] == (len(lines) * 18 + 4) + 6 + 128 + 6 + 128  # every label line has room
+    second_line = fig[18 + 2: 18 + 16, 128 + 6: 2 * 128 + 6]
+    assert second_line.min() < 100  # the second line is drawn
+    assert figures.wrap_label("short", 128, font) == ["short"]
+
+
 def test_score_label_and_errors():
     assert figures.score_label("restored", {"psnr": 27.104, "ssim": 0.8123}) == "restored  27.10 dB  SSIM 0.812"
     assert figures.score_label("input", None) == "input"

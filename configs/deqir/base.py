@@ -37,7 +37,7 @@ def get_config(dataset: str = "imagenet") -> ml_collections.ConfigDict:
     cfg.output = ""  # results folder; "" = a fresh outputs/deqir/run-<date>-<time> folder
     cfg.overwrite = False  # never replace earlier results unless asked
     cfg.seed = 666  # the official global seed; x_T and z are drawn per image from it
-    cfg.lpips = True  # report LPIPS next to PSNR / SSIM when the lpips extra is installed
+    cfg.score_lpips = True  # report LPIPS next to PSNR / SSIM when the lpips extra is installed
     cfg.compilation_cache = "auto"  # JAX's persistent compilation cache: "auto" (a per-user folder), a path, "off"
 
     # Degradation (deqir_jax.operators.make_operator) and measurement noise.

@@ -145,7 +145,7 @@ def get_config(name: str = "realsr_x4_v3") -> ml_collections.ConfigDict:
     cfg.mask = ""  # inpainting models: the mask (a file, or a folder of same-named files; white / 1 = unknown)
     cfg.output = ""  # results folder; "" = a fresh outputs/resshift/run-<date>-<time> folder
     cfg.overwrite = False  # never replace earlier results unless asked
-    cfg.lpips = True  # report LPIPS next to PSNR / SSIM when the lpips extra is installed
+    cfg.score_lpips = True  # report LPIPS next to PSNR / SSIM when the lpips extra is installed
     cfg.compilation_cache = "auto"  # JAX's persistent compilation cache: "auto" (a per-user folder), a path, "off"
     cfg.sample = sample_section(release.sf)  # sampler settings: seed, tiling, batch, dtype, masking
     for key, value in load_config_file(_HERE / "training.py", name).items():  # train/data/loss/... sections
