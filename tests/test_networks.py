@@ -42,6 +42,7 @@ def test_modules_and_dtypes_by_name(tiny):
     assert networks.autoencoder(load_config_file(REPO / "configs/resshift/embedded_x4.py")) is None  # pixel space
 
 
+@pytest.mark.slow
 def test_model_fn_is_the_unet_on_its_condition(tiny):
     cfg, unet_params, _ = tiny
     net, sched = networks.unet(cfg), schedule_from_config(cfg.diffusion)
@@ -74,6 +75,7 @@ def test_first_stage_encodes_and_decodes_in_float32(tiny):
     assert encode(img).dtype == jnp.float32 and decode(z).dtype == jnp.float32  # the diffusion runs in float32
 
 
+@pytest.mark.slow
 def test_restorer_is_restore_lq_on_these_networks(tiny, load_fixture):
     """The pipeline's restorer (one tile) is ``diffusion.restore_lq`` with networks.py's functions."""
     cfg, unet_params, vq_params = tiny
