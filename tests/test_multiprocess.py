@@ -63,13 +63,13 @@ def test_two_processes_by_four_devices_match_one_by_eight(tmp_path):
     a = logging_utils.read_jsonl(tmp_path / "single")
     b = logging_utils.read_jsonl(tmp_path / "multi")
     assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, STEPS + 1))
-    # Step 1 is bit-identical. Afterwards the cross-process all-reduce (gloo) sums in another order than the
-    # in-process one, and the bfloat16 UNet turns those last-bit differences into ~1e-5 relative changes of
-    # the gradient norm; the losses stay within 1e-7 (measured: 3.0e-8 abs, grad_norm 5.8e-5 abs).
+    # The cross-process all-reduce (gloo) sums in another order than the in-process one: already the step-1 loss
+    # (a mean over the global batch) may differ in its last bit (measured here: 6e-8 abs on 0.563), and the
+    # bfloat16 UNet turns those differences into ~1e-5 relative changes of the gradient norm; the losses stay
+    # within 1e-7 relative (measured: 3.0e-8 abs, grad_norm 5.8e-5 abs).
     for key, rtol in (("loss", 1e-6), ("mse", 1e-6), ("grad_norm", 1e-3)):
         x, y = np.array([r[key] for r in a]), np.array([r[key] for r in b])
         print(f"{key}: 1x8 {x.tolist()} 2x4 {y.tolist()} max abs diff {np.abs(x - y).max():.3g}")
-        assert x[0] == y[0]
         np.testing.assert_allclose(y, x, rtol=rtol, atol=0)
     assert len({r["loss"] for r in a}) == STEPS  # the runs really trained (losses change)
     assert (tmp_path / "multi" / "checkpoints" / str(STEPS)).is_dir()

@@ -124,7 +124,8 @@ def test_sample_cli_clean_image_mode(smoke, tmp_path):
     bic = images.to_unit(images.read_image(out / "bicubic.png"))
     assert abs(float(metrics.psnr(bic, ref)[0]) - record["bicubic"]["psnr"]) < 0.05  # 8-bit files, same numbers
     side = images.read_image(out / "side_by_side.png")
-    assert side.shape[1] == 64 and side.shape[2] == 4 * 64 + 3 * 4
+    # labelled LQ | bicubic | restored | reference, the 64x64 panels shown at 256 px, one or two label lines, zoom row
+    assert side.shape[2] == 4 * 256 + 3 * 6 and side.shape[1] - (6 + 256 + 6 + 256) in (22, 40)
     again = cli(f"--config.input={photo}", f"--config.output={out}")
     assert again.returncode == 1 and "already holds" in again.stderr and len(again.stderr.strip().splitlines()) == 1
     masked = cli(f"--config.input={photo}", f"--config.mask={photo}", f"--config.output={tmp_path / 'o2'}")
