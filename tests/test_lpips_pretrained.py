@@ -46,7 +46,6 @@ def _photos(size: int = 64) -> np.ndarray:
 
 def _distort(batch: np.ndarray, kind: str, level: int) -> np.ndarray:
     """Blur (Gaussian radius), noise (std in 8-bit steps) or JPEG (lower quality = stronger), level 1..3."""
-    u8 = images.to_uint8(batch[0]) if batch.shape[0] == 1 else None
     out = []
     for img in batch:
         pil = Image.fromarray(images.to_uint8(img))
@@ -61,7 +60,6 @@ def _distort(batch: np.ndarray, kind: str, level: int) -> np.ndarray:
             pil.save(buf, format="JPEG", quality=(60, 25, 8)[level - 1])
             pil = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
         out.append(np.asarray(pil))
-    del u8
     return images.from_unit(np.stack(out).astype(np.float32) / 255.0).astype(np.float32)
 
 
