@@ -34,6 +34,11 @@ from deqir_jax import models, schedule
 from ircore import data, train_cli, trainer
 
 
+# The config sections a resumed run must share with its workdir (the checkpoint's weights belong to them);
+# every other section (train, data, loss, ...) may change on resume (ircore.train_cli.check_network).
+NETWORK_SECTIONS = ("model", "diffusion")
+
+
 class TrainSetupError(ValueError):
     """A user-facing configuration problem (unsupported model head, bad schedule, ...)."""
 
@@ -129,12 +134,12 @@ def train(cfg: Any, workdir: str | os.PathLike, *, export: str | None = None, ov
     """Trains (resuming from ``workdir`` if it holds checkpoints); with ``export``, writes the EMA parameters
     there as a parameter checkpoint (metadata: the model config, the step, the data source)."""
     workdir = pathlib.Path(workdir)
-    if export and pathlib.Path(export).exists() and not overwrite:
-        raise TrainSetupError(f"export folder {export} already exists; pass --overwrite to replace it")
+    train_cli.check_run(cfg, workdir, export=export, overwrite=overwrite, network=NETWORK_SECTIONS)
+    source = data.open_training_source(cfg.data)
     tr = build_trainer(cfg, workdir, print_fn=print_fn)
     meta = {"kind": "deqir_prior", "model": cfg.model.to_dict(), "diffusion": cfg.diffusion.to_dict()}
     return train_cli.fit_task(tr, cfg, workdir, export=export, overwrite=overwrite, export_metadata=meta,
-                              print_fn=print_fn)
+                              print_fn=print_fn, source=source)
 
 
 # ----------------------------------------------------------------------------------------------- CLI

@@ -35,6 +35,13 @@ from PIL import Image
 
 from ircore import images, photos
 
+EMBEDDED_FIX = "pip install -e '.[embedded]'"
+
+
+class DataError(ValueError):
+    """A training / validation data problem the user fixes (empty folder, unreadable image, missing extra);
+    the message is one line naming the problem and the fix."""
+
 
 # ----------------------------------------------------------------------------------------------- sources
 def _to_rgb_uint8(image: Any) -> np.ndarray:
@@ -70,8 +77,10 @@ class ImageFileSource:
         try:
             with Image.open(path) as im:
                 return {"image": _to_rgb_uint8(np.asarray(im.convert("RGB")))}
-        except (OSError, SyntaxError) as err:
-            raise ValueError(f"cannot read training image {path}: {err}") from None
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            detail = " ".join(str(err).split())
+            raise DataError(f"cannot read training image {path} ({detail}): replace or remove the file, or "
+                            f"leave it out of data.folder") from None
 
     def __repr__(self) -> str:
         return f"ImageFileSource({len(self.files)} files)"
@@ -107,34 +116,79 @@ class _FeatureSource:
     def __getitem__(self, index: int) -> dict:
         record = self.source[index]
         if self.image_key not in record:
-            raise ValueError(f"TFDS record has no feature {self.image_key!r}; it has {sorted(record)}")
+            raise DataError(f"TFDS record has no feature {self.image_key!r}; it has {sorted(record)}: set "
+                            f"--config.data.image_key")
         return {"image": _to_rgb_uint8(record[self.image_key])}
 
 
+def _folder_source(folder: str) -> ImageFileSource:
+    """:class:`ImageFileSource` over the images of ``folder`` (or a ``.txt`` list); :class:`DataError` if none."""
+    if not str(folder):
+        raise DataError("no training images given: set --config.data.folder=DIR (a folder of images or a .txt "
+                        "list of image paths)")
+    try:
+        files = images.list_images(folder, recursive=True)
+    except (FileNotFoundError, ValueError) as err:
+        raise DataError(f"{err}: point --config.data.folder at a folder of images (.png, .jpg, ...) or a .txt "
+                        f"list of image paths") from None
+    except OSError as err:
+        raise DataError(f"cannot list the image folder {folder} ({err.strerror}): check its permissions") from None
+    return ImageFileSource([str(p) for p in files])
+
+
+def _photo_source(split: str) -> InMemorySource:
+    """The package photographs of ``split``; :class:`DataError` naming the extra when it is not installed."""
+    if split not in photos.SPLITS:
+        raise DataError(f"data.photos_split must be one of {sorted(photos.SPLITS)}, got {split!r}")
+    try:
+        return InMemorySource([photos.load(name) for name in photos.SPLITS[split]])
+    except ModuleNotFoundError:
+        raise DataError(f"data.source='photos' reads the photographs shipped with scikit-image and scikit-learn, "
+                        f"which are not installed: {EMBEDDED_FIX}, or train on your own images with "
+                        f"--config.data.source=folder --config.data.folder=DIR") from None
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot read the package photographs ({' '.join(str(err).split())}): reinstall the "
+                        f"embedded extra with {EMBEDDED_FIX}") from None
+
+
 def open_source(cfg: Any) -> Any:
-    """The random-access source described by a ``data`` (or ``data.eval``) config section."""
+    """The random-access source described by a ``data`` (or ``data.eval``) config section; problems the user
+    fixes raise :class:`DataError`."""
     kind = cfg.source
     if kind == "folder":
-        return ImageFileSource([str(p) for p in images.list_images(cfg.folder, recursive=True)])
+        return _folder_source(cfg.folder)
     if kind == "tfds":
         import tensorflow_datasets as tfds  # noqa: PLC0415 (heavy import, only when used)
 
         if not cfg.tfds_name:
-            raise ValueError("data.tfds_name is not set")
+            raise DataError("data.tfds_name is not set: pass --config.data.tfds_name=NAME")
         try:
             source = tfds.data_source(cfg.tfds_name, split=cfg.tfds_split, data_dir=cfg.tfds_data_dir,
                                       download=False)
         except Exception as err:  # noqa: BLE001 (tfds raises many kinds; give one clear message)
             first = " ".join(str(err).split())[:300]
-            raise ValueError(f"cannot open TFDS data set {cfg.tfds_name!r} split {cfg.tfds_split!r} in "
-                             f"{cfg.tfds_data_dir or 'the default data_dir'}: {first}") from None
+            raise DataError(f"cannot open TFDS data set {cfg.tfds_name!r} split {cfg.tfds_split!r} in "
+                            f"{cfg.tfds_data_dir or 'the default data_dir'}: {first}") from None
         return _FeatureSource(source, cfg.image_key)
     if kind == "photos":
-        split = cfg.get("photos_split", "train")
-        if split not in photos.SPLITS:
-            raise ValueError(f"data.photos_split must be one of {sorted(photos.SPLITS)}, got {split!r}")
-        return InMemorySource([photos.load(name) for name in photos.SPLITS[split]])
-    raise ValueError(f"data.source must be 'folder', 'tfds' or 'photos', got {kind!r}")
+        return _photo_source(cfg.get("photos_split", "train"))
+    raise DataError(f"data.source must be 'folder', 'tfds' or 'photos', got {kind!r}")
+
+
+def check_source(source: Any) -> None:
+    """Reads the first element of ``source``, so that an empty source or one whose images cannot be decoded
+    fails (:class:`DataError`) before training writes anything."""
+    if len(source) == 0:
+        raise DataError("the training data source is empty: point --config.data.folder at a folder of images")
+    source[0]
+
+
+def open_training_source(cfg: Any) -> Any:
+    """:func:`open_source` of a ``data`` section, checked by :func:`check_source` (open it before building
+    anything, so a data problem is reported at once)."""
+    source = open_source(cfg)
+    check_source(source)
+    return source
 
 
 # ----------------------------------------------------------------------------------------------- crops
@@ -175,7 +229,8 @@ def center_crop(image: np.ndarray, crop_size: int) -> np.ndarray:
     side = min(image.shape[:2])
     top, left = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
     if side < crop_size:
-        raise ValueError(f"validation image of size {image.shape[:2]} is smaller than crop_size {crop_size}")
+        raise DataError(f"validation image of size {image.shape[:2]} is smaller than crop_size {crop_size}: use "
+                        f"larger held-out images or a smaller --config.data.crop_size")
     return _area_resize(np.ascontiguousarray(image[top:top + side, left:left + side]), crop_size)
 
 
@@ -215,7 +270,7 @@ def _ensure_absl_flags_parsed() -> None:
 def element_stream(source: Any, cfg: Any, seed: int) -> Any:
     """The endless, per-epoch shuffled stream of random HQ crops (a ``grain.MapDataset``, random access)."""
     if len(source) == 0:
-        raise ValueError("the training data source is empty")
+        raise DataError("the training data source is empty: point --config.data.folder at a folder of images")
     return (grain.MapDataset.source(source).seed(int(seed)).shuffle().repeat(None)
             .random_map(_Crop(int(cfg.crop_size), bool(cfg.rescale), bool(cfg.hflip),
                               bool(cfg.get("random_scale", False)), float(cfg.get("native_fraction", 0.0)))))
@@ -231,7 +286,9 @@ def make_train_batches(
     """
     if not 0 <= rows[0] < rows[1] <= global_batch:
         raise ValueError(f"rows {rows} are not a slice of a global batch of {global_batch}")
-    elements = element_stream(open_source(cfg) if source is None else source, cfg, seed)
+    source = open_source(cfg) if source is None else source
+    check_source(source)
+    elements = element_stream(source, cfg, seed)
     gather = _GatherRows(elements, int(global_batch), (int(rows[0]), int(rows[1])))
 
     def batches(start_step: int) -> Iterator[dict]:
@@ -252,7 +309,7 @@ def load_eval_images(cfg: Any, crop_size: int) -> np.ndarray:
     source = open_source(cfg)
     n = min(int(cfg.num_images), len(source))
     if n == 0:
-        raise ValueError("the validation data source is empty")
+        raise DataError("the validation data source is empty: set --config.data.eval.folder to held-out images")
     return np.stack([center_crop(source[i]["image"], crop_size) for i in range(n)])
 
 

@@ -27,7 +27,9 @@ Console: a tqdm progress bar (steps/s, ETA, last logged loss) on process 0 when 
 Checkpoints (:class:`ircore.checkpoints.TrainCheckpoints` under ``workdir/checkpoints``): saved in the
 background every ``checkpoint_every`` steps, ``keep_checkpoints`` kept, and always at the last step and on
 SIGTERM (preemption; multi-process runs use JAX's preemption sync point so every process stops at the same
-step).
+step) or Ctrl-C (SIGINT, single process); :attr:`Trainer.stopped_by` then names the signal, and the CLI exits
+130 (SIGINT) or 143 (SIGTERM) so that a scheduler can tell a stopped run from a finished one. An unreadable
+training image met mid-run saves the current step too, then raises :class:`ircore.data.DataError`.
 """
 from __future__ import annotations
 
@@ -52,10 +54,33 @@ from jax.sharding import PartitionSpec as P
 from ircore import mesh as mesh_lib
 from ircore.checkpoints import CHECKPOINT_DIR, TrainCheckpoints
 from ircore.compiling import maybe_fast
-from ircore.logging_utils import MetricLogger, print_above, progress_bar
+from ircore.data import DataError
+from ircore.logging_utils import PROGRESS_MODES, MetricLogger, print_above, progress_bar
 
 LossFn = Callable[[Any, Any, Any, jax.Array], "tuple[jax.Array, Mapping[str, jax.Array]]"]
 EvalFn = Callable[["TrainState"], "tuple[Mapping[str, float], Mapping[str, np.ndarray]]"]
+
+
+EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}  # 128 + signal number: what a shell reports for the signal
+
+
+class Stopped(Exception):
+    """Training stopped early by a signal after saving its step (raised by the CLI tail, not by
+    :meth:`Trainer.fit`, which returns the state and sets :attr:`Trainer.stopped_by`)."""
+
+    def __init__(self, signal_name: str, step: int, workdir: str | os.PathLike):
+        self.signal_name, self.step, self.workdir = signal_name, int(step), str(workdir)
+        self.exit_code = EXIT_CODES.get(signal_name, 1)
+        super().__init__(f"stopped by {signal_name} at step {self.step}; checkpoint saved in {self.workdir}; "
+                         f"rerun the same command to resume")
+
+
+class SaveAborted(KeyboardInterrupt):
+    """A second Ctrl-C (SIGINT) after the first one asked for a stop save."""
+
+
+class TrainSetupError(ValueError):
+    """A ``train`` config or workdir problem the user fixes (one-line message)."""
 
 
 # ----------------------------------------------------------------------------------------------- optimizer
@@ -68,10 +93,11 @@ def learning_rate_schedule(
     ``total_steps - warmup`` iterations (``kind="cosine"``) or constant ``lr`` (``kind="constant"``).
     """
     if kind not in ("cosine", "constant"):
-        raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {kind!r}")
+        raise TrainSetupError(f"train.lr_schedule must be 'cosine' or 'constant', got {kind!r}")
     if lr <= 0 or lr_min < 0 or warmup_steps < 0 or total_steps < 1:
-        raise ValueError(f"bad learning-rate settings lr={lr}, lr_min={lr_min}, warmup={warmup_steps}, "
-                         f"total={total_steps}")
+        raise TrainSetupError(f"bad learning-rate settings train.lr={lr}, train.lr_min={lr_min}, "
+                              f"train.warmup_steps={warmup_steps}, train.total_steps={total_steps}: lr > 0, "
+                              f"lr_min >= 0, warmup_steps >= 0 and total_steps >= 1 are needed")
     decay_steps = max(total_steps - warmup_steps, 1)
 
     def schedule(count):
@@ -205,36 +231,53 @@ def make_train_step(
 
 # ----------------------------------------------------------------------------------------------- preemption
 class PreemptionWatcher:
-    """Tells the loop when to stop for a SIGTERM.
+    """Tells the loop when to stop for a SIGTERM or a Ctrl-C (SIGINT).
 
-    One process: a SIGTERM handler sets a flag (installed only from the main thread). Several processes:
-    JAX's preemption sync point (set up by ``jax.distributed.initialize``), which makes every process agree on
-    the step at which to stop.
+    One process: SIGTERM and SIGINT handlers set a flag and remember which signal came (installed only from the
+    main thread); the loop then saves the current step and stops. A second SIGINT raises ``KeyboardInterrupt``
+    at once (the default Ctrl-C behaviour), which abandons a save in progress: orbax writes into a temporary
+    folder and renames it only when complete, so the last finished checkpoint stays the one a rerun resumes
+    from. Several processes: JAX's preemption sync point (set up by ``jax.distributed.initialize``) for SIGTERM,
+    which makes every process agree on the step at which to stop; SIGINT keeps its default behaviour there.
     """
 
     def __init__(self) -> None:
         self._flag = threading.Event()
-        self._previous = None
+        self._previous: dict[int, Any] = {}
+        self.stopped = False  # set by the loop when it stopped for the signal
         self._multi = jax.process_count() > 1
-        if not self._multi and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+        self.signal_name: Optional[str] = None
+        if threading.current_thread() is threading.main_thread():
+            wanted = () if self._multi else (signal.SIGTERM, signal.SIGINT)
+            for signum in wanted:
+                self._previous[signum] = signal.signal(signum, self._on_signal)
 
     def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
+        name = signal.Signals(signum).name
+        if self._flag.is_set() and signum == signal.SIGINT:
+            raise SaveAborted
+        if self.signal_name is None:
+            self.signal_name = name
         self._flag.set()
+        if signum == signal.SIGINT:  # async-signal-safe write: print() could re-enter a buffered stream
+            os.write(2, b"\nSIGINT: saving the current step and stopping (Ctrl-C again aborts the save)\n")
 
     def reached(self, step: int) -> bool:
         """Whether the loop should stop before update ``step`` (every process gets the same answer)."""
         if self._multi:
             try:
-                return bool(multihost_utils.reached_preemption_sync_point(int(step)))
+                hit = bool(multihost_utils.reached_preemption_sync_point(int(step)))
             except RuntimeError:  # no preemption service (distributed runtime not initialised that way)
                 return False
+            if hit and self.signal_name is None:
+                self.signal_name = "SIGTERM"
+            return hit
         return self._flag.is_set()
 
     def close(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._previous = {}
 
 
 # ----------------------------------------------------------------------------------------------- the loop
@@ -272,15 +315,18 @@ class Trainer:
         self.workdir = pathlib.Path(workdir)
         self.mesh = mesh if mesh is not None else mesh_lib.make_mesh(mesh_lib.BATCH_AXES, tuple(cfg.mesh_shape))
         self.global_batch = int(cfg.global_batch)
+        if str(cfg.get("progress_bar", "auto")) not in PROGRESS_MODES:
+            raise TrainSetupError(f"train.progress_bar must be one of {PROGRESS_MODES}, got {cfg.progress_bar!r}")
         if self.global_batch % (self.mesh.size * int(cfg.accum_steps)):
-            raise ValueError(
-                f"global_batch {self.global_batch} must be divisible by devices x accum_steps = "
+            raise TrainSetupError(
+                f"train.global_batch {self.global_batch} must be divisible by devices x train.accum_steps = "
                 f"{self.mesh.size} x {cfg.accum_steps}"
             )
         self.local_rows = mesh_lib.local_batch_rows(self.mesh, self.global_batch)
         self.eval_fn = eval_fn
         self.metadata = dict(metadata or {})
         self.print_fn = print_fn
+        self.stopped_by: Optional[str] = None  # the signal that stopped the last fit (after its save), or None
         self.tx, self.schedule = make_optimizer(cfg)
         self._init_params = init_params
         self._init_key, self._state_key = jax.random.split(jax.random.key(int(cfg.seed)))
@@ -324,11 +370,17 @@ class Trainer:
                                 keep=int(self.cfg.keep_checkpoints), async_save=bool(self.cfg.async_checkpoints))
 
     def restore_or_init(self, ckpt: TrainCheckpoints) -> tuple[TrainState, int]:
-        """The latest finished checkpoint, else a fresh state; returns ``(state, step)``."""
+        """The latest finished checkpoint, else a fresh state; returns ``(state, step)``. A checkpoint whose
+        state does not fit this model raises :class:`TrainSetupError` (one line)."""
         latest = ckpt.latest_step()
         if latest is None:
             return self.init_state(), 0
-        state, meta = ckpt.restore(latest, self.abstract_state)
+        try:
+            state, meta = ckpt.restore(latest, self.abstract_state)
+        except (ValueError, TypeError, KeyError) as err:
+            detail = " ".join(str(err).split())[:200]
+            raise TrainSetupError(f"checkpoint step {latest} in {ckpt.directory} does not fit this model "
+                                  f"({detail}): use another --workdir or the config it was trained with") from None
         data_step = int(meta.get("data_step", latest))
         if int(jax.device_get(state.step)) != latest or data_step != latest:
             raise ValueError(f"checkpoint {latest} is inconsistent: state step {int(state.step)}, data {data_step}")
@@ -343,12 +395,16 @@ class Trainer:
             logger.print_fn(line, flush=True)
 
     # -- loop
-    def fit(self, batches: Callable[[int], Iterable[Any]], total_steps: Optional[int] = None) -> TrainState:
-        """Trains until ``total_steps`` (default ``cfg.total_steps``) or a SIGTERM; returns the final state.
+    def fit(self, batches: Callable[[int], Iterable[Any]], total_steps: Optional[int] = None, *,
+            on_ready: Optional[Callable[[int], None]] = None) -> TrainState:
+        """Trains until ``total_steps`` (default ``cfg.total_steps``), a SIGTERM or a SIGINT; returns the final
+        state. After a signal the current step is saved and :attr:`stopped_by` names the signal (else None).
 
         ``batches(start_step)`` must yield this process's rows (:attr:`local_rows`) of global batches
-        ``start_step, start_step + 1, ...``.
+        ``start_step, start_step + 1, ...``. ``on_ready(start_step)`` runs once the state is restored or made
+        (the set-up succeeded), before the first step (the CLI writes ``config.json`` there).
         """
+        self.stopped_by = None
         total = int(self.cfg.total_steps if total_steps is None else total_steps)
         logger = MetricLogger(self.workdir, enabled=jax.process_index() == 0,
                               tensorboard=bool(self.cfg.tensorboard), print_fn=self.print_fn)
@@ -357,6 +413,8 @@ class Trainer:
         bar = None
         try:
             state, start = self.restore_or_init(ckpt)
+            if on_ready is not None:
+                on_ready(start)
             logger.truncate_after(start)
             how = f"resumed from step {start}" if start else "started from scratch"
             self._say(f"{how}; mesh {dict(self.mesh.shape)}, global batch {self.global_batch}, "
@@ -366,6 +424,7 @@ class Trainer:
             logger.print_fn = print_above(bar, logger.print_fn)
             state = self._loop(state, start, total, batches, ckpt, logger, watcher, bar)
             ckpt.wait()
+            self.stopped_by = watcher.signal_name if watcher.stopped else None
             return state
         finally:
             if bar is not None:
@@ -384,9 +443,15 @@ class Trainer:
         max_inflight = max(int(self.cfg.get("max_inflight_steps", 2)), 1)
         for step in range(start, total):  # ``step`` updates done so far
             if watcher.reached(step):
-                self._save_preempted(step, state, ckpt, logger)
+                watcher.stopped = True
+                self._save_preempted(step, state, ckpt, logger, watcher.signal_name or "SIGTERM")
                 return state
-            batch = mesh_lib.to_global(next(iterator), self.mesh, self.global_batch)
+            try:
+                local = next(iterator)
+            except DataError as err:  # an unreadable image met mid-run: keep the progress, then stop
+                self._save_preempted(step, state, ckpt, logger, "a data error")
+                raise DataError(f"{err} (step {step} is saved in {self.workdir}: rerun to resume)") from None
+            batch = mesh_lib.to_global(local, self.mesh, self.global_batch)
             state, metrics = self.train_step(state, self.frozen, batch)
             inflight.append(metrics)
             if len(inflight) > max_inflight:
@@ -416,14 +481,16 @@ class Trainer:
                 logger.scalars(step, scalars, kind="eval")
                 logger.images(step, images, kind="eval")
 
-    def _save_preempted(self, step: int, state: TrainState, ckpt: TrainCheckpoints, logger: MetricLogger) -> None:
-        """After a SIGTERM: makes sure ``step`` is saved (waiting for the write) and logs a ``preempted`` event."""
+    def _save_preempted(self, step: int, state: TrainState, ckpt: TrainCheckpoints, logger: MetricLogger,
+                        cause: str = "SIGTERM") -> None:
+        """After a signal (``cause``): makes sure ``step`` is saved (waiting for the write) and logs a
+        ``preempted`` event."""
         ckpt.wait()
         if step not in ckpt.all_steps():
             ckpt.save(step, state, self._meta(step), force=True)
             ckpt.wait()
         logger.scalars(step, {"preempted": 1}, kind="event", echo=False)
-        self._say(f"preempted: saved step {step}", logger)
+        self._say(f"preempted: saved step {step} ({cause})", logger)
 
 
 class _StepClock:

@@ -46,6 +46,11 @@ TASKS = ("realsr", "bicsr", "inpaint", "faceir")
 EVAL_FIGURES = 4  # validation images shown in TensorBoard (LQ / restored / HQ) at each evaluation
 
 
+# The config sections a resumed run must share with its workdir (the checkpoint's weights belong to them);
+# every other section (train, data, loss, ...) may change on resume (ircore.train_cli.check_network).
+NETWORK_SECTIONS = ("model", "autoencoder", "diffusion")
+
+
 class TrainSetupError(ValueError):
     """A user-facing configuration problem (missing weights, bad task, ...)."""
 
@@ -310,12 +315,12 @@ def train(cfg: Any, workdir: str | os.PathLike, *, export: Optional[str] = None,
     ``export``, writes the final EMA UNet there as a parameter checkpoint (``--config.unet_checkpoint`` of
     ``python -m resshift_jax.sample``)."""
     workdir = pathlib.Path(workdir)
-    if export and pathlib.Path(export).exists() and not overwrite:
-        raise TrainSetupError(f"export folder {export} already exists; pass --overwrite to replace it")
+    train_cli.check_run(cfg, workdir, export=export, overwrite=overwrite, network=NETWORK_SECTIONS)
+    source = data.open_training_source(cfg.data)
     tr = build_trainer(cfg, workdir, print_fn=print_fn)
     meta = {"part": "unet", "config_name": cfg.get("name", ""), "model": cfg.model.to_dict()}
     return train_cli.fit_task(tr, cfg, workdir, export=export, overwrite=overwrite, export_metadata=meta,
-                              print_fn=print_fn)
+                              print_fn=print_fn, source=source)
 
 
 # ----------------------------------------------------------------------------------------------- CLI
