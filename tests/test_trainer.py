@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from ircore import checkpoints, logging_utils, train_config, trainer
+from ircore import checkpoints, data, logging_utils, train_config, trainer
 from ircore import mesh as mesh_lib
 
 DIM_IN, DIM_OUT = 64, 32
@@ -230,14 +230,61 @@ def test_sigterm_saves_and_stops(tmp_path):
                 os.kill(os.getpid(), signal.SIGTERM)  # arrives while step 3 is being fed
             yield batch
 
-    state = make_trainer(tmp_path, checkpoint_every=100).fit(batches)
+    tr = make_trainer(tmp_path, checkpoint_every=100)
+    state = tr.fit(batches)
     assert int(state.step) == 4  # the step in flight finishes, then the loop stops and saves
+    assert tr.stopped_by == "SIGTERM"
     ckpt = make_trainer(tmp_path).checkpoints()
     assert ckpt.all_steps() == [4]
     ckpt.close()
     events = logging_utils.read_jsonl(tmp_path, kind="event")
     assert events == [{"step": 4, "kind": "event", "preempted": 1}]
     assert signal.getsignal(signal.SIGTERM) is not None
+
+
+def test_sigint_saves_and_stops_like_sigterm(tmp_path, capfd):
+    """Ctrl-C: the same stop save as SIGTERM (no KeyboardInterrupt), ``stopped_by`` names it, the handlers are
+    put back; ``on_ready`` ran once, before the first step, with the start step."""
+    base, ready = toy_batches((0, 16)), []
+
+    def batches(start):
+        assert ready == [0]  # the set-up (state made) finished before any batch is read
+        for i, batch in enumerate(base(start)):
+            if start + i == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+            yield batch
+
+    before = signal.getsignal(signal.SIGINT)
+    tr = make_trainer(tmp_path, checkpoint_every=100)
+    state = tr.fit(batches, on_ready=ready.append)
+    assert (int(state.step), tr.stopped_by, ready) == (4, "SIGINT", [0])
+    ckpt = make_trainer(tmp_path).checkpoints()
+    assert ckpt.all_steps() == [4]
+    ckpt.close()
+    assert signal.getsignal(signal.SIGINT) is before
+    assert "SIGINT: saving the current step" in capfd.readouterr().err
+
+
+def test_unreadable_image_mid_run_saves_then_raises_and_another_model_cannot_resume(tmp_path):
+    """A data error at step 3 saves step 3 and re-raises (one line); a trainer of another model then refuses
+    that checkpoint with one line (before anything is compiled)."""
+    base = toy_batches((0, 16))
+
+    def batches(start):
+        for i, batch in enumerate(base(start)):
+            if start + i == 3:
+                raise data.DataError("cannot read training image x.png (broken): replace or remove the file")
+            yield batch
+
+    with pytest.raises(data.DataError, match=r"x.png .* \(step 3 is saved in .*: rerun to resume\)"):
+        make_trainer(tmp_path, checkpoint_every=100).fit(batches)
+    ckpt = make_trainer(tmp_path).checkpoints()
+    assert ckpt.all_steps() == [3]
+    ckpt.close()
+    other = trainer.Trainer(toy_config(total_steps=4), tmp_path, init_params=big_init, loss_fn=toy_loss,
+                            frozen=FROZEN, print_fn=None)
+    with pytest.raises(trainer.TrainSetupError, match="checkpoint step 3 in .* does not fit this model"):
+        other.fit(toy_batches((0, 16)))
 
 
 _CHILD = textwrap.dedent("""
