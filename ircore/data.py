@@ -121,16 +121,17 @@ class _FeatureSource:
         return {"image": _to_rgb_uint8(record[self.image_key])}
 
 
-def _folder_source(folder: str) -> ImageFileSource:
-    """:class:`ImageFileSource` over the images of ``folder`` (or a ``.txt`` list); :class:`DataError` if none."""
+def _folder_source(folder: str, section: str = "data") -> ImageFileSource:
+    """:class:`ImageFileSource` over the images of ``folder`` (or a ``.txt`` list); :class:`DataError` if none.
+    ``section``: the config section named in messages (``data`` or ``data.eval``)."""
     if not str(folder):
-        raise DataError("no training images given: set --config.data.folder=DIR (a folder of images or a .txt "
-                        "list of image paths)")
+        raise DataError(f"no images given: set --config.{section}.folder=DIR (a folder of images or a .txt "
+                        f"list of image paths)")
     try:
         files = images.list_images(folder, recursive=True)
     except (FileNotFoundError, ValueError) as err:
-        raise DataError(f"{err}: point --config.data.folder at a folder of images (.png, .jpg, ...) or a .txt "
-                        f"list of image paths") from None
+        raise DataError(f"{err}: point --config.{section}.folder at a folder of images (.png, .jpg, ...) or a "
+                        f".txt list of image paths") from None
     except OSError as err:
         raise DataError(f"cannot list the image folder {folder} ({err.strerror}): check its permissions") from None
     return ImageFileSource([str(p) for p in files])
@@ -151,17 +152,17 @@ def _photo_source(split: str) -> InMemorySource:
                         f"embedded extra with {EMBEDDED_FIX}") from None
 
 
-def open_source(cfg: Any) -> Any:
+def open_source(cfg: Any, section: str = "data") -> Any:
     """The random-access source described by a ``data`` (or ``data.eval``) config section; problems the user
-    fixes raise :class:`DataError`."""
+    fixes raise :class:`DataError` (naming the flags of ``section``)."""
     kind = cfg.source
     if kind == "folder":
-        return _folder_source(cfg.folder)
+        return _folder_source(cfg.folder, section)
     if kind == "tfds":
         import tensorflow_datasets as tfds  # noqa: PLC0415 (heavy import, only when used)
 
         if not cfg.tfds_name:
-            raise DataError("data.tfds_name is not set: pass --config.data.tfds_name=NAME")
+            raise DataError(f"{section}.tfds_name is not set: pass --config.{section}.tfds_name=NAME")
         try:
             source = tfds.data_source(cfg.tfds_name, split=cfg.tfds_split, data_dir=cfg.tfds_data_dir,
                                       download=False)
@@ -172,7 +173,7 @@ def open_source(cfg: Any) -> Any:
         return _FeatureSource(source, cfg.image_key)
     if kind == "photos":
         return _photo_source(cfg.get("photos_split", "train"))
-    raise DataError(f"data.source must be 'folder', 'tfds' or 'photos', got {kind!r}")
+    raise DataError(f"{section}.source must be 'folder', 'tfds' or 'photos', got {kind!r}")
 
 
 def check_source(source: Any) -> None:
@@ -306,7 +307,7 @@ def make_train_batches(
 
 def load_eval_images(cfg: Any, crop_size: int) -> np.ndarray:
     """The first ``cfg.num_images`` images of the held-out source, centre-cropped: uint8 (N, crop, crop, 3)."""
-    source = open_source(cfg)
+    source = open_source(cfg, "data.eval")
     n = min(int(cfg.num_images), len(source))
     if n == 0:
         raise DataError("the validation data source is empty: set --config.data.eval.folder to held-out images")

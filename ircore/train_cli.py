@@ -30,7 +30,7 @@ from ml_collections import config_flags
 from ircore import data, files
 from ircore.checkpoints import CHECKPOINT_DIR, export_ema
 from ircore.mesh import initialize_distributed
-from ircore.trainer import EXIT_CODES, SaveAborted, Stopped, Trainer, TrainSetupError, TrainState
+from ircore.trainer import EXIT_CODES, Stopped, Trainer, TrainSetupError, TrainState, check_train_config
 
 CONFIG_NAME = "config.json"
 MAX_LISTED_FIELDS = 6  # differing network fields named in the error line
@@ -165,8 +165,9 @@ def check_network(cfg: Any, workdir: str | os.PathLike, sections: Iterable[str])
 
 def check_run(cfg: Any, workdir: str | os.PathLike, *, export: Optional[str] = None, overwrite: bool = False,
               network: Iterable[str] = ("model",)) -> None:
-    """Everything about the run's folders that can fail, checked before any model is built or file written:
-    :func:`check_paths` and :func:`check_network`."""
+    """Everything about the run that can fail without a model, checked before any model is built or file
+    written: :func:`ircore.trainer.check_train_config`, :func:`check_paths` and :func:`check_network`."""
+    check_train_config(cfg.train)
     check_paths(workdir, export, overwrite=overwrite)
     check_network(cfg, workdir, network)
 
@@ -209,11 +210,6 @@ def run_reporting(train: Callable[[], Any], errors: tuple, workdir: str) -> None
     except Stopped as stop:
         print(str(stop), file=sys.stderr, flush=True)
         raise SystemExit(stop.exit_code) from None
-    except SaveAborted:
-        print(f"stopped by a second SIGINT before the stop save was confirmed; every checkpoint in {workdir} is "
-              f"complete or absent (orbax renames a save into place only when it is whole): rerun the same "
-              f"command to resume from the newest one", file=sys.stderr, flush=True)
-        raise SystemExit(EXIT_CODES["SIGINT"]) from None
     except KeyboardInterrupt:
         print(f"interrupted by SIGINT outside the train loop (set-up or export); every checkpoint in {workdir} is "
               f"complete: rerun the same command to resume", file=sys.stderr, flush=True)

@@ -75,10 +75,6 @@ class Stopped(Exception):
                          f"rerun the same command to resume")
 
 
-class SaveAborted(KeyboardInterrupt):
-    """A second Ctrl-C (SIGINT) after the first one asked for a stop save."""
-
-
 class TrainSetupError(ValueError):
     """A ``train`` config or workdir problem the user fixes (one-line message)."""
 
@@ -123,6 +119,20 @@ def make_optimizer(cfg: Any) -> tuple[optax.GradientTransformation, optax.Schedu
     parts.append(optax.adamw(schedule, b1=cfg.adam_b1, b2=cfg.adam_b2, eps=cfg.adam_eps,
                              weight_decay=cfg.weight_decay))
     return optax.chain(*parts), schedule
+
+
+def check_train_config(cfg: Any, devices: Optional[int] = None) -> None:
+    """The ``train`` section checks that need no model (progress bar mode, learning-rate settings, batch
+    divisibility over ``devices``, default all), as one-line :class:`TrainSetupError`; cheap, so tasks call it
+    before building anything."""
+    if str(cfg.get("progress_bar", "auto")) not in PROGRESS_MODES:
+        raise TrainSetupError(f"train.progress_bar must be one of {PROGRESS_MODES}, got {cfg.progress_bar!r}")
+    learning_rate_schedule(lr=cfg.lr, lr_min=cfg.lr_min, warmup_steps=cfg.warmup_steps,
+                           total_steps=cfg.total_steps, kind=cfg.lr_schedule)
+    devices = jax.device_count() if devices is None else devices
+    if int(cfg.accum_steps) < 1 or int(cfg.global_batch) % (devices * int(cfg.accum_steps)):
+        raise TrainSetupError(f"train.global_batch {cfg.global_batch} must be divisible by devices x "
+                              f"train.accum_steps = {devices} x {cfg.accum_steps}")
 
 
 # ----------------------------------------------------------------------------------------------- state
@@ -230,20 +240,36 @@ def make_train_step(
 
 
 # ----------------------------------------------------------------------------------------------- preemption
+def abort_now(workdir: str | os.PathLike) -> Callable[[], None]:
+    """The default reaction to a second Ctrl-C: one line on stderr, then exit 130 at once (``os._exit``: no
+    clean-up that could wait on the save in flight). orbax writes a save into a temporary folder and renames it
+    only when whole, so no half-written checkpoint is left; the next run removes the temporary folder."""
+    line = (f"\nstopped by a second SIGINT: the stop save is abandoned (no half-written checkpoint is left: orbax "
+            f"renames a save into place only when whole); rerun the same command to resume from the newest "
+            f"complete checkpoint in {workdir}\n").encode()
+
+    def abort() -> None:
+        os.write(2, line)
+        os._exit(EXIT_CODES["SIGINT"])
+
+    return abort
+
+
 class PreemptionWatcher:
     """Tells the loop when to stop for a SIGTERM or a Ctrl-C (SIGINT).
 
     One process: SIGTERM and SIGINT handlers set a flag and remember which signal came (installed only from the
-    main thread); the loop then saves the current step and stops. A second SIGINT raises ``KeyboardInterrupt``
-    at once (the default Ctrl-C behaviour), which abandons a save in progress: orbax writes into a temporary
-    folder and renames it only when complete, so the last finished checkpoint stays the one a rerun resumes
-    from. Several processes: JAX's preemption sync point (set up by ``jax.distributed.initialize``) for SIGTERM,
-    which makes every process agree on the step at which to stop; SIGINT keeps its default behaviour there.
+    main thread); the loop then saves the current step and stops. A second SIGINT calls ``on_second_sigint``
+    (:func:`abort_now`: exit 130 at once, abandoning the save in flight; raising ``KeyboardInterrupt`` instead
+    could leave orbax's manager waiting forever on the interrupted save). Several processes: JAX's preemption
+    sync point (set up by ``jax.distributed.initialize``) for SIGTERM, which makes every process agree on the
+    step at which to stop; SIGINT keeps its default behaviour there.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_second_sigint: Optional[Callable[[], None]] = None) -> None:
         self._flag = threading.Event()
         self._previous: dict[int, Any] = {}
+        self._on_second_sigint = on_second_sigint or abort_now(".")
         self.stopped = False  # set by the loop when it stopped for the signal
         self._multi = jax.process_count() > 1
         self.signal_name: Optional[str] = None
@@ -255,7 +281,8 @@ class PreemptionWatcher:
     def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
         name = signal.Signals(signum).name
         if self._flag.is_set() and signum == signal.SIGINT:
-            raise SaveAborted
+            self._on_second_sigint()
+            return
         if self.signal_name is None:
             self.signal_name = name
         self._flag.set()
@@ -315,8 +342,7 @@ class Trainer:
         self.workdir = pathlib.Path(workdir)
         self.mesh = mesh if mesh is not None else mesh_lib.make_mesh(mesh_lib.BATCH_AXES, tuple(cfg.mesh_shape))
         self.global_batch = int(cfg.global_batch)
-        if str(cfg.get("progress_bar", "auto")) not in PROGRESS_MODES:
-            raise TrainSetupError(f"train.progress_bar must be one of {PROGRESS_MODES}, got {cfg.progress_bar!r}")
+        check_train_config(cfg, self.mesh.size)
         if self.global_batch % (self.mesh.size * int(cfg.accum_steps)):
             raise TrainSetupError(
                 f"train.global_batch {self.global_batch} must be divisible by devices x train.accum_steps = "
@@ -409,7 +435,7 @@ class Trainer:
         logger = MetricLogger(self.workdir, enabled=jax.process_index() == 0,
                               tensorboard=bool(self.cfg.tensorboard), print_fn=self.print_fn)
         ckpt = self.checkpoints()
-        watcher = PreemptionWatcher()
+        watcher = PreemptionWatcher(abort_now(self.workdir))
         bar = None
         try:
             state, start = self.restore_or_init(ckpt)
@@ -449,6 +475,8 @@ class Trainer:
             try:
                 local = next(iterator)
             except DataError as err:  # an unreadable image met mid-run: keep the progress, then stop
+                if jax.process_count() > 1:  # a save is collective: the other processes are not here
+                    raise
                 self._save_preempted(step, state, ckpt, logger, "a data error")
                 raise DataError(f"{err} (step {step} is saved in {self.workdir}: rerun to resume)") from None
             batch = mesh_lib.to_global(local, self.mesh, self.global_batch)

@@ -312,7 +312,6 @@ REPORT_CASES = [
     (trainer.Stopped("SIGINT", 7, "W"), 130, "stopped by SIGINT at step 7; checkpoint saved in W; rerun the same "
                                               "command to resume"),
     (trainer.Stopped("SIGTERM", 3, "W"), 143, "stopped by SIGTERM at step 3; checkpoint saved in W"),
-    (trainer.SaveAborted(), 130, "stopped by a second SIGINT before the stop save was confirmed"),
     (KeyboardInterrupt(), 130, "interrupted by SIGINT outside the train loop"),
     (data.DataError("cannot read training image x.png (bad): replace"), 1, "error: cannot read training image"),
     (trainer.TrainSetupError("train.global_batch 6 must be\ndivisible"), 1,
@@ -338,22 +337,39 @@ def test_run_reporting_passes_other_errors_and_success_through():
 
 def test_sigint_handler_sets_the_stop_flag_then_a_second_one_aborts(capfd):
     before = signal.getsignal(signal.SIGINT)
-    watcher = trainer.PreemptionWatcher()
+    aborted = []
+    watcher = trainer.PreemptionWatcher(on_second_sigint=lambda: aborted.append(True))
     try:
         assert not watcher.reached(0)
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.01)
-        assert watcher.reached(0) and watcher.signal_name == "SIGINT"
+        assert watcher.reached(0) and watcher.signal_name == "SIGINT" and not aborted
         assert "SIGINT: saving the current step and stopping" in capfd.readouterr().err
-        with pytest.raises(trainer.SaveAborted):
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        assert aborted == [True]
         os.kill(os.getpid(), signal.SIGTERM)  # a later SIGTERM does not rename the stop
         time.sleep(0.01)
-        assert watcher.signal_name == "SIGINT"
+        assert watcher.signal_name == "SIGINT" and aborted == [True]
     finally:
         watcher.close()
     assert signal.getsignal(signal.SIGINT) is before
+
+
+@pytest.mark.parametrize("update, fragment", [
+    ({"progress_bar": "yes"}, "train.progress_bar must be one of"),
+    ({"lr": -1.0}, "bad learning-rate settings train.lr=-1.0"),
+    ({"total_steps": 0}, "train.total_steps=0"),
+    ({"lr_schedule": "step"}, "train.lr_schedule must be 'cosine' or 'constant'"),
+    ({"global_batch": 6, "accum_steps": 4}, "train.global_batch 6 must be divisible by devices x train.accum_steps"),
+    ({"accum_steps": 0}, "train.accum_steps = 8 x 0"),
+])
+def test_train_section_is_checked_before_any_model(update, fragment):
+    cfg = train_config.train_defaults()
+    cfg.update({"global_batch": 16, **update})
+    with pytest.raises(trainer.TrainSetupError, match=fragment.replace("(", r"\(")):
+        trainer.check_train_config(cfg, devices=8)
+    trainer.check_train_config(train_config.train_defaults(), devices=8)
 
 
 # ----------------------------------------------------------------------------------------------- the CLIs
@@ -542,8 +558,10 @@ def test_cli_second_sigint_during_the_save_leaves_no_half_checkpoint(tmp_path):
     assert proc.returncode == 130, err[-3000:]
     lines = [line for line in err.splitlines() if line.strip() and not line.startswith("SIGINT: saving")]
     assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
-    assert lines[0].startswith(("stopped by a second SIGINT before the stop save was confirmed",
+    assert lines[0].startswith(("stopped by a second SIGINT: the stop save is abandoned",
                                 "stopped by SIGINT at step")), lines
+    assert lines[0].endswith("rerun the same command to resume from the newest complete checkpoint in run") or \
+        lines[0].endswith("rerun the same command to resume"), lines
     for step in _finished_steps(tmp_path / "run"):
         assert (ckpts / step / "commit_success.txt").is_file() or (ckpts / step / "_CHECKPOINT_METADATA").is_file()
     again = _run(_cli("deqir", tmp_path, "--workdir=run", "--config.train.total_steps=10"), tmp_path)
