@@ -504,7 +504,8 @@ def _start(args: list[str], tmp: pathlib.Path) -> subprocess.Popen:
 
 
 def _finished_steps(workdir: pathlib.Path) -> list[str]:
-    return sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    """The step folders of ``workdir/checkpoints`` in step order (orbax's temporary folders are not steps)."""
+    return sorted((p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()), key=int)
 
 
 @pytest.mark.slow
