@@ -39,7 +39,7 @@ from ircore import data, train_cli, trainer
 NETWORK_SECTIONS = ("model", "diffusion")
 
 
-class TrainSetupError(ValueError):
+class TrainSetupError(trainer.TrainSetupError):
     """A user-facing configuration problem (unsupported model head, bad schedule, ...)."""
 
 

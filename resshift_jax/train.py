@@ -51,7 +51,7 @@ EVAL_FIGURES = 4  # validation images shown in TensorBoard (LQ / restored / HQ) 
 NETWORK_SECTIONS = ("model", "autoencoder", "diffusion")
 
 
-class TrainSetupError(ValueError):
+class TrainSetupError(trainer.TrainSetupError):
     """A user-facing configuration problem (missing weights, bad task, ...)."""
 
 

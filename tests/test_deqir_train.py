@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from deqir_jax import models, restore, train
-from ircore import checkpoints, data, photos
+from ircore import checkpoints, data, photos, trainer
 from ircore.config_utils import load_config_file
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -94,8 +94,9 @@ def test_training_lowers_the_loss_and_exports_the_ema(tmp_path):
     eps = models.model_from_config(cfg.model).apply({"params": exported}, jnp.zeros((2, 32, 32, 3)),
                                                     jnp.array([10, 900]))
     assert eps.shape == (2, 32, 32, 3) and bool(jnp.all(jnp.isfinite(eps)))
-    with pytest.raises(train.TrainSetupError, match="already exists"):
+    with pytest.raises(trainer.TrainSetupError, match="already exists; pass --overwrite"):
         train.train(cfg, tmp_path / "run2", export=str(tmp_path / "export"), print_fn=None)
+    assert not (tmp_path / "run2").exists()  # refused before anything was written
 
 
 @pytest.mark.slow
