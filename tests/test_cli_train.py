@@ -559,6 +559,7 @@ def test_cli_second_sigint_during_the_save_leaves_no_half_checkpoint(tmp_path):
     assert proc.returncode == 130, err[-3000:]
     lines = [line for line in err.splitlines() if line.strip() and not line.startswith("SIGINT: saving")]
     assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    print("outcome:", lines[0])  # which path the timing took (shown with -s)
     assert lines[0].startswith(("stopped by a second SIGINT: the stop save is abandoned",
                                 "stopped by SIGINT at step")), lines
     assert lines[0].endswith("rerun the same command to resume from the newest complete checkpoint in run") or \
