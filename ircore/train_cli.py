@@ -28,9 +28,9 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from ircore import data, files
-from ircore.checkpoints import CHECKPOINT_DIR, export_ema
+from ircore.checkpoints import export_ema
 from ircore.mesh import initialize_distributed
-from ircore.trainer import EXIT_CODES, Stopped, Trainer, TrainSetupError, TrainState, check_train_config
+from ircore.trainer import CHECKPOINT_DIR, EXIT_CODES, Stopped, Trainer, TrainSetupError, TrainState, check_train_config
 
 CONFIG_NAME = "config.json"
 MAX_LISTED_FIELDS = 6  # differing network fields named in the error line
@@ -221,8 +221,8 @@ def run_reporting(train: Callable[[], Any], errors: tuple, workdir: str) -> None
 
 def train_cli(train_fn: Callable[..., Any], *, config_help: str, errors: tuple, argv: Optional[list] = None) -> None:
     """``python -m <task>.train --config FILE --workdir DIR [--export DIR [--overwrite]]``: runs
-    ``train_fn(cfg, workdir, export=..., overwrite=...)`` after ``jax.distributed`` set-up, through
-    :func:`run_reporting` (``errors``: the task's own user-facing exceptions)."""
+    ``train_fn(cfg, workdir, export=..., overwrite=...)`` after ``jax.distributed`` set-up; ``errors`` are
+    reported as one line (exit status 1)."""
     config_flag = config_flags.DEFINE_config_file("config", None, config_help, lock_config=True)
     workdir_flag = flags.DEFINE_string("workdir", None, "folder for checkpoints and logs (resumes if present)")
     export_flag = flags.DEFINE_string("export", None, "write the final EMA parameters to this folder")
