@@ -107,12 +107,18 @@ def load_params(cfg: ml_collections.ConfigDict) -> Any:
     folder that is no checkpoint is a one-line ValueError / FileNotFoundError."""
     if not cfg.checkpoint:
         raise ValueError("no prior checkpoint given: set --config.checkpoint=DIR (made by deqir_jax.convert)")
-    params = checkpoints.restore_params(cfg.checkpoint)
+    hint = "give --config.checkpoint=DIR made by deqir_jax.convert"
+    try:
+        params = checkpoints.restore_params(cfg.checkpoint)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{' '.join(str(err).split())}; {hint}") from None
+    except ValueError as err:
+        raise ValueError(f"{' '.join(str(err).split())}; {hint}") from None
     problem = params_mismatch(params, models.architecture(cfg.model).param_shapes(cfg.model))
     if problem:
         raise ValueError(f"checkpoint {cfg.checkpoint} does not fit the preset's model (arch "
-                         f"{models.arch_name(cfg.model)!r}): {problem}; give --config.checkpoint=DIR made by "
-                         f"deqir_jax.convert for this model (not another package's or network's weights)")
+                         f"{models.arch_name(cfg.model)!r}): {problem}; {hint} for this model (not another package's or "
+                         f"network's weights)")
     return params
 
 

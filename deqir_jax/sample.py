@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import os
 import pathlib
 import sys
 import tempfile
@@ -104,11 +105,14 @@ def check_output_writable(output: pathlib.Path) -> None:
         base = base.parent
     if not base.is_dir():
         raise ValueError(f"output {output} cannot be created: {base} is a file; choose another --config.output")
-    try:
+    stat = base.stat()
+    try:  # a real probe: permission bits say nothing for root or on read-only file systems
         probe = pathlib.Path(tempfile.mkdtemp(prefix=".deqir-write-check-", dir=base))
     except OSError as err:
         raise ValueError(f"cannot write to {base} ({err.strerror or err}); choose another --config.output") from None
     probe.rmdir()
+    with contextlib.suppress(OSError):  # leave the folder's time stamps as they were
+        os.utime(base, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
 def prepare_image(img: np.ndarray, size: int, mode: str) -> np.ndarray:
@@ -356,12 +360,12 @@ def plan_images(files: Sequence[pathlib.Path], output: str, overwrite: bool, sin
 def run_folder(output: str) -> Iterator[pathlib.Path]:
     """The run's output folder: ``output``, or a fresh ``outputs/deqir/run-<date>-<time>``. Folders this creates
     are removed again at the end if they are still empty (a run that wrote nothing leaves nothing)."""
-    root = pathlib.Path(output) if output else images.fresh_folder(DEFAULT_OUTPUT_PARENT)
-    created = [root] if not output else []
-    probe = root.parent if not output else root
+    created, probe = [], pathlib.Path(output) if output else DEFAULT_OUTPUT_PARENT
     while not probe.exists():
         created.append(probe)
         probe = probe.parent
+    root = pathlib.Path(output) if output else images.fresh_folder(DEFAULT_OUTPUT_PARENT)
+    created += [] if output else [root]
     root.mkdir(parents=True, exist_ok=True)
     try:
         yield root
