@@ -30,8 +30,10 @@ import dataclasses
 import difflib
 import os
 import pathlib
+import signal
 import sys
 import tempfile
+import threading
 import time
 from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
@@ -375,6 +377,26 @@ def run_folder(output: str) -> Iterator[pathlib.Path]:
                 folder.rmdir()  # only succeeds when empty
 
 
+@contextlib.contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """Holds Ctrl-C (SIGINT) back until the block is done, then delivers it to the previous handler (the default
+    one raises KeyboardInterrupt). Outside the main thread (where signals cannot be handled) a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        if callable(previous):
+            previous(signal.SIGINT, None)
+        elif previous == signal.SIG_DFL:
+            raise KeyboardInterrupt
+
+
 def restore_images(cfg: ml_collections.ConfigDict, params: Any | None = None, *, progress: bool = True,
                    log: Callable[[str], Any] = print) -> list[dict]:
     """Runs the preset on every input image not finished yet; returns the record of each (also written to
@@ -400,8 +422,9 @@ def restore_images(cfg: ml_collections.ConfigDict, params: Any | None = None, *,
             for index, file in tqdm(plan.todo, desc="deqir", unit="img", disable=not progress):
                 folder = out_root / file.stem
                 result = restore_file(run, file, index, folder)
-                write_result(folder, result)
-                records.append(result.record)
+                with sigint_deferred():  # an image's folder is renamed into place and counted, or neither
+                    write_result(folder, result)
+                    records.append(result.record)
         except KeyboardInterrupt:
             kept = (f"finished results are in {out_root}; rerun with --config.output={out_root} to continue"
                     if records or plan.skipped else "nothing was written")

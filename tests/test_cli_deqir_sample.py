@@ -339,6 +339,17 @@ def test_ctrl_c_while_writing_leaves_no_half_written_folder(tmp_path, monkeypatc
     assert not (tmp_path / "out").exists()  # staging folder removed, the output folder we made too
 
 
+def test_ctrl_c_is_held_back_until_an_image_folder_is_in_place():
+    """The rename of an image's folder and its count are one step: a SIGINT in between is delivered after it."""
+    handler, reached = signal.getsignal(signal.SIGINT), []
+    with pytest.raises(KeyboardInterrupt):
+        with sample.sigint_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            reached.append("rest of the block")
+    assert reached == ["rest of the block"] and signal.getsignal(signal.SIGINT) is handler
+
+
 # ----------------------------------------------------------------------------------------------- command line
 def run_cli(tmp_path: pathlib.Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "deqir_jax.sample", *args], capture_output=True, text=True,
