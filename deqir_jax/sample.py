@@ -16,8 +16,16 @@ the files of :mod:`deqir_jax.results` (``restored.png``, ``measurement.png``, ``
 also of the A^+ y baseline, iterations, residual history, NFE, wall time; ``convergence.png``). Compiled
 programs are kept in JAX's persistent cache (``--config.compilation_cache``: ``auto`` = a per-user folder, a
 path, or ``off``), so a second run skips compilation. ``output`` empty (the default) means a fresh
-``outputs/deqir/run-<date>-<time>`` folder; existing results are never overwritten unless
-``--config.overwrite``. :func:`restore_images` is the same from Python.
+``outputs/deqir/run-<date>-<time>`` folder (removed again if the run writes nothing).
+
+An image's folder appears only when complete: its files are written into a hidden ``.<name>.partial-<hex>``
+folder renamed into place at the end, and Ctrl-C is held back for that rename (exit 130 with one line saying
+how many images finished). A folder run into an existing ``output`` skips finished images (a folder with
+``metrics.json``) and redoes unfinished ones, so an interrupted run continues where it stopped; a single image
+whose results exist is refused. ``--config.overwrite=True`` redoes them, swapping a finished folder out only
+once the new one is complete; a result folder holding files this program did not write is refused, never
+deleted. Every check that can fail (config values, inputs, output folder, checkpoint) runs before the
+compute and is one line on stderr, exit 1. :func:`restore_images` is the same from Python.
 
 The steps: :func:`set_up` (prior, mesh, jitted restore function, operator, PRNG key: once per run), then per
 image :func:`restore_file` (:func:`measure` -> :func:`optimise_x_T` -> solve -> score) and

@@ -262,6 +262,23 @@ def test_bad_checkpoint_is_one_line(name, setup, error, fragment, tmp_path, monk
     assert snapshot(tmp_path) == before and not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow
+def test_a_resshift_checkpoint_is_refused_in_one_line(load_fixture, tmp_path, monkeypatch):
+    """The other package's converted weights (the tiny ResShift UNet, as resshift_jax.convert writes them)."""
+    from resshift_fixture_utils import converted_tiny
+
+    (tmp_path / "resshift").mkdir()
+    converted_tiny(load_fixture, tmp_path / "resshift")
+    monkeypatch.chdir(tmp_path)
+    save_png(tmp_path / "in" / "photo.png", 40, 40)
+    cfg = base_config(tmp_path, checkpoint=str(tmp_path / "resshift" / "unet"), output="")
+    before = snapshot(tmp_path)
+    with pytest.raises(ValueError) as err:
+        sample.restore_images(cfg, progress=False)
+    assert "does not fit the preset's model" in one_line(err.value) and "--config.checkpoint=DIR" in str(err.value)
+    assert snapshot(tmp_path) == before
+
+
 # ----------------------------------------------------------------------------------------------- run behaviour
 def _folder_run(tmp_path, names=("a", "b", "c")) -> None:
     for i, name in enumerate(names):
