@@ -127,6 +127,16 @@ def _dup_stems(tmp):
     return {"input": str(tmp / "in")}
 
 
+def _case_stems(tmp):
+    save_png(tmp / "in" / "PHOTO.jpg", 40, 40)  # one folder on macOS / Windows file systems
+    return {"input": str(tmp / "in")}
+
+
+def _empty_folder(tmp):
+    (tmp / "empty").mkdir()
+    return {"input": str(tmp / "empty")}
+
+
 def _foreign_in_result_folder(tmp):
     (tmp / "out" / "photo").mkdir(parents=True)
     (tmp / "out" / "photo" / "notes.txt").write_text("the user's")
@@ -200,6 +210,8 @@ LIBRARY_CASES = [
     ("missing folder", lambda tmp: {"input": str(tmp / "nowhere")}, FileNotFoundError, "nowhere does not exist"),
     ("unreadable image", _unreadable, ValueError, "cannot read image"),
     ("same stem twice", _dup_stems, ValueError, "would both write to"),
+    ("stems differing in case", _case_stems, ValueError, "would both write to"),
+    ("empty folder", _empty_folder, ValueError, "no images"),
     ("output is a file", _output_is_file, ValueError, "is a file; give a folder with --config.output"),
     ("output below a file", _output_below_file, ValueError, "cannot be created"),
     ("read-only output", _value(output="/sys/deqir-out"), ValueError, "cannot write to /sys"),
