@@ -76,11 +76,14 @@ def fail(prog: str, message: str, code: int = 1) -> NoReturn:
 
 
 def define_config_flag(prog: str, *, default: Optional[str] = None, help_string: str,
-                       argv: Optional[list[str]] = None, lock_config: bool = True, name: str = "config") -> Any:
+                       argv: Optional[list[str]] = None, lock_config: bool = True, name: str = "config",
+                       flag_values: Any = None) -> Any:
     """Defines the (locked) ``--<name>`` config flag of the CLI ``prog`` (``"<package>.<command>"``, whose package
     names the preset folder) after checking the config that will be used (given, else ``default``) with its
-    overrides; exits with one line on a problem. Returns the flag holder."""
-    from ml_collections import config_flags  # noqa: PLC0415 - CLI only
+    overrides; exits with one line on a problem. Returns the flag holder (in ``flag_values``, default
+    ``absl.flags.FLAGS``)."""
+    from absl import flags  # noqa: PLC0415 - CLI only
+    from ml_collections import config_flags  # noqa: PLC0415
 
     argv = sys.argv if argv is None else argv
     dirs = config_utils.preset_dirs(prog)
@@ -95,29 +98,41 @@ def define_config_flag(prog: str, *, default: Optional[str] = None, help_string:
             check_config(given if given is not None else default, prog, argv, name)
     except ConfigError as err:
         fail(prog, str(err))
-    return config_flags.DEFINE_config_file(name, default, help_string, lock_config=lock_config, sys_argv=argv)
+    try:  # without --config in argv, the default and its overrides are parsed here
+        return config_flags.DEFINE_config_file(name, default, help_string, lock_config=lock_config, sys_argv=argv,
+                                               flag_values=flags.FLAGS if flag_values is None else flag_values)
+    except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as err:
+        fail(prog, _flag_error(err, name, prog=prog))
 
 
-def flags_parser(prog: str, *, required: bool = True, name: str = "config") -> Callable[[list[str]], list[str]]:
+def flags_parser(prog: str, *, required: bool = True, name: str = "config",
+                 flag_values: Any = None) -> Callable[[list[str]], list[str]]:
     """The ``flags_parser`` for ``absl.app.run``: resolves preset names, parses the flags and turns every flag
     error (an override value of the wrong type, an unknown flag, a missing required flag, no config) into one
     line, exit 1."""
 
     def parse(args: list[str]) -> list[str]:
         from absl import flags  # noqa: PLC0415
+
+        values = flags.FLAGS if flag_values is None else flag_values
         try:
-            rest = flags.FLAGS(with_resolved_config(args, prog, name))
+            rest = values(with_resolved_config(args, prog, name))
         except ConfigError as err:
             fail(prog, str(err))
         except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as err:  # ml_collections' too
-            fail(prog, _flag_error(err, name, flags.FLAGS[name].value if name in flags.FLAGS else None))
-        if required and flags.FLAGS[name].value is None:
-            names = config_utils.preset_names(config_utils.preset_dirs(prog))
-            listed = f" (presets: {', '.join(names)})" if names else ""
-            fail(prog, f"no --{name} given: pass a preset name or a config file path{listed}")
+            fail(prog, _flag_error(err, name, values[name].value if name in values else None, prog))
+        if required and values[name].value is None:
+            fail(prog, no_config_message(prog, name))
         return rest
 
     return parse
+
+
+def no_config_message(prog: str, name: str = "config") -> str:
+    """The message for a CLI run without ``--<name>`` (and no default), listing the package's presets."""
+    names = config_utils.preset_names(config_utils.preset_dirs(prog))
+    listed = f" (presets: {', '.join(names)})" if names else ""
+    return f"no --{name} given: pass a preset name or a config file path{listed}"
 
 
 def _field(cfg: Any, dotted: str) -> Any:
@@ -130,13 +145,20 @@ def _field(cfg: Any, dotted: str) -> Any:
     return cfg
 
 
-def _flag_error(err: BaseException, name: str, cfg: Any = None) -> str:
+def _flag_error(err: BaseException, name: str, cfg: Any = None, prog: str = "") -> str:
     """One line for an absl / ml_collections flag error, with the expected type for an override of the wrong
     type (``cfg``: the parsed config)."""
     text = " ".join(str(err).split())
     if re.match(rf"Found --(no)?{re.escape(name)}\..* in argv before a value for --{re.escape(name)}", text):
         return f"{text}: put --{name} first, then its --{name}.<field> overrides"
+    unsupported = re.match(rf"Type <class '(\w+)'> of field ({re.escape(name)}\.\S+) is not supported", text)
+    if unsupported:
+        held = "None" if unsupported.group(1) == "NoneType" else f"a {unsupported.group(1)} value"
+        return (f"--{unsupported.group(2)} holds {held}, which cannot be set on the command "
+                f"line: copy the config file, edit the field there and pass the copy to --{name}")
     required = re.match(r"flag --(\w+)=None: Flag --\w+ must have a value other than None", text)
+    if required and required.group(1) == name:
+        return no_config_message(prog, name)
     if required:
         return f"--{required.group(1)} is required"
     m = re.match(rf"flag --({re.escape(name)}\.[^=]+)=(.*?): (.*)", text)
