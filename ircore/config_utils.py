@@ -126,7 +126,7 @@ def preset_names(dirs: tuple[pathlib.Path, ...]) -> list[str]:
 
 def closest(name: str, candidates: list[str], n: int = 3) -> list[str]:
     """Up to ``n`` of ``candidates`` closest to ``name`` (difflib), best first."""
-    return difflib.get_close_matches(name, candidates, n=n, cutoff=0.5)
+    return difflib.get_close_matches(name, candidates, n=n, cutoff=0.6)
 
 
 def is_preset_name(value: str) -> bool:
@@ -184,8 +184,8 @@ def check_override_paths(cfg: ml_collections.ConfigDict, paths: list[str]) -> No
             if "[" in part:  # indexing into a sequence: left to ml_collections
                 break
             if not isinstance(node, (ml_collections.ConfigDict, dict)):
-                raise ConfigError(f"--config.{'.'.join(walked)} is a {type(node).__name__}, not a section: "
-                                  f"--config.{dotted} does not exist")
+                raise ConfigError(f"--config.{'.'.join(walked)} is a field of type {type(node).__name__}, "
+                                  f"not a section: --config.{dotted} does not exist")
             keys = list(node.keys())
             if part not in keys:
                 prefix = "".join(f"{w}." for w in walked)
