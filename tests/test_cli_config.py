@@ -8,13 +8,14 @@ subprocess (``slow``, about 4 s each for importing jax) except one representativ
 from __future__ import annotations
 
 import pathlib
+import re
 import subprocess
 import sys
 
 import pytest
 from absl import flags
 
-from ircore import config_cli
+from ircore import config_cli, config_utils
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -192,3 +193,19 @@ def test_argv_helpers():
                                                "deqir_jax.sample")
     assert resolved == ["prog", "--config", f"{REPO}/configs/deqir/sr_x4.py",
                         f"--config={REPO}/configs/deqir/models/celeba_hq.py", "-x"]
+
+
+def test_readme_commands_name_presets_that_load_from_any_folder(tmp_path, monkeypatch):
+    """Every ``--config`` in the README's shell blocks (commands and the option comments under them) is a
+    preset name, not a repo-relative path, and loads from a folder outside the repository."""
+    monkeypatch.chdir(tmp_path)
+    blocks = "\n".join(re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), re.S))
+    uses, cli = [], None
+    for line in blocks.replace("\\\n", " ").splitlines():
+        cli = (re.search(r"python -m (\w+\.\w+)", line) or [None, cli])[1]  # comments: options of the last command
+        uses += [(cli, value) for value in re.findall(r"--config[ =](\S+)", line)]
+    assert len(uses) >= 12, uses
+    for cli, value in uses:
+        assert config_utils.is_preset_name(value), f"README: --config {value} is a path; use the preset name"
+        resolved = config_utils.resolve_config(value, config_utils.preset_dirs(cli))
+        assert len(config_utils.load_config_file(resolved)) > 0
