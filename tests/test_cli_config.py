@@ -44,7 +44,7 @@ CLIS = {
         field=("sample.sed", "did you mean --config.sample.seed"), int_field="sample.seed"),
     "resshift_jax.convert": dict(
         extra=["--src", "unet.pth", "--out", "converted"], preset="realsr_x4_v3",
-        misspelt=("realsr_x4_v4", "did you mean realsr_x4_v1, realsr_x4_v2, realsr_x4_v3"),
+        misspelt=("realsr_x4_v4", "did you mean realsr_x4_v3, realsr_x4_v2, realsr_x4_v1?"),
         bad_arg=("vq_f4:fac", "config vq_f4 rejects ':fac': unknown VQ-f4 weights 'fac'; expected one of "
                               "['face', 'imagenet']"),
         field=("model.window_sise", "did you mean --config.model.window_size"), int_field="model.window_size"),
