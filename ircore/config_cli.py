@@ -108,8 +108,8 @@ def define_config_flag(prog: str, *, default: Optional[str] = None, help_string:
 def flags_parser(prog: str, *, required: bool = True, name: str = "config",
                  flag_values: Any = None) -> Callable[[list[str]], list[str]]:
     """The ``flags_parser`` for ``absl.app.run``: resolves preset names, parses the flags and turns every flag
-    error (an override value of the wrong type, an unknown flag, a missing required flag, no config) into one
-    line, exit 1."""
+    error (an override value of the wrong type, an unknown flag, a missing required flag, no config, a stray
+    positional argument) into one line, exit 1."""
 
     def parse(args: list[str]) -> list[str]:
         from absl import flags  # noqa: PLC0415
@@ -123,6 +123,8 @@ def flags_parser(prog: str, *, required: bool = True, name: str = "config",
             fail(prog, _flag_error(err, name, values[name].value if name in values else None, prog))
         if required and values[name].value is None:
             fail(prog, no_config_message(prog, name))
+        if len(rest) > 1:  # e.g. "--config.timesteps 50": the value went astray
+            fail(prog, f"unexpected argument(s) {' '.join(rest[1:])}: write --{name}.FIELD=VALUE, with '='")
         return rest
 
     return parse

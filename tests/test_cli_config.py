@@ -76,6 +76,7 @@ def _cases(cli: str) -> list[tuple[list[str], str]]:
         (["--config", preset, f"--config.{c['int_field']}=abc"],
          f"--config.{c['int_field']}=abc: not a valid int (invalid literal for int() with base 10: 'abc')"),
         ([f"--config.{c['int_field']}=3", "--config", preset], "put --config first"),
+        (["--config", preset, "stray"], "unexpected argument(s) stray: write --config.FIELD=VALUE, with '='"),
     ]
     if "sample" not in cli:  # the samplers have a default preset
         cases.append(([], "no --config given: pass a preset name or a config file path (presets: "))
@@ -180,6 +181,8 @@ def test_the_flag_reports_each_problem_on_one_line(tmp_path, monkeypatch, capsys
     assert "--config.degradation holds None, which cannot be set on the command line: copy the config file" in line
     line = _error_line(capsys, "resshift_jax.convert", ["prog", "--config", "vq_f8", "--config.dtype.x=1"])
     assert "--config.dtype is a field of type str, not a section" in line
+    line = _error_line(capsys, "deqir_jax.sample", ["prog", "--config", "sr_x4", "--config.score_lpips", "False"])
+    assert line.endswith("unexpected argument(s) False: write --config.FIELD=VALUE, with '='")
     line = _error_line(capsys, "deqir_jax.convert", ["prog"])
     assert "no --config given: pass a preset name or a config file path (presets: base, colorization," in line
 
