@@ -146,6 +146,10 @@ def resolve_config(value: str, dirs: tuple[pathlib.Path, ...]) -> str:
         raise ConfigError("--config is empty: pass a preset name (e.g. --config sr_x4) or a config file path")
     if os.path.isfile(path):
         return value
+    if os.path.isdir(path):
+        inside = preset_names((pathlib.Path(path),))
+        tip = f" (e.g. --config {inside[0]})" if inside and pathlib.Path(path).resolve() in dirs else ""
+        raise ConfigError(f"{path} is a folder: pass a preset name{tip} or the path of one config file in it")
     if not is_preset_name(value):
         names = preset_names(dirs)
         hint = closest(pathlib.Path(path).stem, names)

@@ -183,6 +183,9 @@ def test_the_flag_reports_each_problem_on_one_line(tmp_path, monkeypatch, capsys
     assert "--config.dtype is a field of type str, not a section" in line
     line = _error_line(capsys, "deqir_jax.sample", ["prog", "--config", "sr_x4", "--config.score_lpips", "False"])
     assert line.endswith("unexpected argument(s) False: write --config.FIELD=VALUE, with '='")
+    (tmp_path / "none.py").write_text("def get_config():\n    pass\n")
+    line = _error_line(capsys, "deqir_jax.train", ["prog", "--config=none.py"])
+    assert line.endswith("config none.py: get_config() returned NoneType, not a ConfigDict")
     line = _error_line(capsys, "deqir_jax.convert", ["prog"])
     assert "no --config given: pass a preset name or a config file path (presets: base, colorization," in line
 

@@ -137,6 +137,12 @@ def test_unknown_names_and_missing_files_name_the_closest_presets(fake_root, tmp
     assert fragment in str(err.value) and "\n" not in str(err.value)
 
 
+def test_a_folder_is_not_a_config(fake_root, monkeypatch):
+    monkeypatch.chdir(fake_root)
+    with pytest.raises(ConfigError, match=r"^toy is a folder: pass a preset name \(e.g. --config deblur\) or the "):
+        resolve_config("toy", preset_dirs("toy_jax.sample", fake_root))
+
+
 def test_no_configs_folder_says_so(tmp_path):
     with pytest.raises(ConfigError, match="the configs folder .* is not here .*pass a config file path"):
         resolve_config("sr_x4", preset_dirs("toy_jax.sample", tmp_path / "nowhere"))
