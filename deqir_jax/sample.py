@@ -442,12 +442,15 @@ def restore_images(cfg: ml_collections.ConfigDict, params: Any | None = None, *,
 
 def main(argv: list[str] | None = None) -> None:
     from absl import app, flags
-    from ml_collections import config_flags
 
+    from ircore import config_cli  # noqa: PLC0415 - CLI only
+
+    argv = sys.argv if argv is None else argv
     default = f"{DEFAULT_CONFIG}:{DEFAULT_CONFIG_ARG}" if DEFAULT_CONFIG.is_file() else None
-    config_flags.DEFINE_config_file("config", default,
-                                    "restoration preset (configs/deqir/<task>.py[:imagenet|celeba|embedded]); "
-                                    "default: the embedded SR x4 preset")
+    config_cli.define_config_flag("deqir_jax.sample", default=default, argv=argv,
+                                  help_string="restoration preset: a name (sr_x4, sr_x4:embedded, deblur_gauss:celeba; "
+                                  "configs/deqir/<task>.py[:imagenet|celeba|embedded]) or a config file path; "
+                                  "default: the embedded SR x4 preset")
 
     def run(_):
         from absl import logging  # noqa: PLC0415
@@ -481,7 +484,7 @@ def main(argv: list[str] | None = None) -> None:
         if cfg.get("score_lpips", True) and any("psnr" in r and r.get("lpips") is None for r in records):
             print("LPIPS not measured: install the lpips extra (pip install '.[lpips]')")
 
-    app.run(run, argv=argv)
+    app.run(run, argv=argv, flags_parser=config_cli.flags_parser("deqir_jax.sample"))
 
 
 if __name__ == "__main__":

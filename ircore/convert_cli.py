@@ -26,12 +26,12 @@ def convert_main(
 ) -> None:
     """Defines ``--src --out --overwrite --config`` (+ extras) and runs ``convert`` on them."""
     from absl import app, flags  # noqa: PLC0415 - CLI only
-    from ml_collections import config_flags  # noqa: PLC0415
+    from ircore import config_cli  # noqa: PLC0415
 
     flags.DEFINE_string("src", None, "released checkpoint (.pt/.pth/.ckpt/.npz)", required=True)
     flags.DEFINE_string("out", None, "output directory for the orbax checkpoint", required=True)
     flags.DEFINE_bool("overwrite", False, "replace an existing checkpoint at --out")
-    config_flags.DEFINE_config_file("config", None, config_help)
+    config_cli.define_config_flag(prog, help_string=f"{config_help}: a preset name or a file path", argv=argv)
     extra_kwargs = extra_flags(flags) if extra_flags is not None else (lambda _: {})
 
     def run(_):
@@ -45,4 +45,4 @@ def convert_main(
             sys.exit(1)
         print(f"wrote {count_params(params):,} parameters to {FLAGS.out}")
 
-    app.run(run, argv=argv)
+    app.run(run, argv=argv, flags_parser=config_cli.flags_parser(prog))

@@ -350,18 +350,6 @@ def restore_lq_images(
     return _restore_lq_inputs(cfg, restorer, out_dir, networks, progress=progress, log=log, scorer=scorer)
 
 
-def _unknown_field(err: BaseException, argv: list[str]) -> str:
-    """The one-line message for ml_collections' refusal of a ``--config.<field>`` the locked config lacks."""
-    text: Any = err
-    while isinstance(text, BaseException) and text.args:  # ml_collections wraps a KeyError
-        text = text.args[0]
-    first, _, hint = str(text).partition("\n")
-    name = first.strip("'\" ")
-    given = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")]
-    dotted = next((g for g in given if g.rsplit(".", 1)[-1] == name), f"--config.{name}")
-    return f"unknown config field {dotted}" + (f" ({hint.strip()})" if hint.strip() else "")
-
-
 def _lpips(score: dict, sep: str = " LPIPS ") -> str:
     return f"{sep}{score['lpips']:.4f}" if score.get("lpips") is not None else ""
 
@@ -391,26 +379,20 @@ def _fail(message: str) -> NoReturn:
 
 
 def _define_config_flag(argv: list[str]) -> None:
-    """``--config``, locked: ml_collections refuses an unknown or mistyped ``--config.<field>`` (one line here)."""
-    from ml_collections import config_flags
+    """``--config``, locked: a preset name (``embedded_x4``, ``realsr_x4_v3``) or a config file path; a bad preset
+    or an unknown ``--config.<field>`` ends as one line (:mod:`ircore.config_cli`)."""
+    from ircore import config_cli  # noqa: PLC0415 - CLI only
 
     default = str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else None
-    try:  # the default config is parsed (with the overrides) already here
-        config_flags.DEFINE_config_file("config", default, "ResShift config file (configs/resshift/*.py); "
-                                        "default: the embedded x4 model", sys_argv=argv)
-    except (AttributeError, KeyError) as err:
-        _fail(_unknown_field(err, argv))
+    config_cli.define_config_flag("resshift_jax.sample", default=default, argv=argv,
+                                  help_string="ResShift preset name (embedded_x4, realsr_x4_v3, bicsr_x4, ...: "
+                                  "configs/resshift/<name>.py) or a config file path; default: the embedded x4 model")
 
 
 def _parse_flags(args: list[str]) -> list[str]:
-    from absl import flags
+    from ircore import config_cli  # noqa: PLC0415
 
-    try:
-        return flags.FLAGS(args)
-    except (AttributeError, KeyError) as err:
-        _fail(_unknown_field(err, args))
-    except flags.Error as err:  # e.g. a value of the wrong type
-        _fail(str(err))
+    return config_cli.flags_parser("resshift_jax.sample")(args)
 
 
 def main(argv: list[str] | None = None) -> None:
