@@ -4,7 +4,10 @@
 
 A package passes its library converter ``convert(src, config, out, *, overwrite, **extra) -> params`` and,
 optionally, its extra flags (``extra_flags(flags) -> (FLAGS -> keyword arguments)``). User mistakes (missing
-file, existing output, a checkpoint that does not fit the config) end as one line on stderr and exit code 1.
+or damaged file, an output that is a file, read-only, holds files this program did not write or exists without
+``--overwrite``, a checkpoint that does not fit the config or belongs to the other package) end as one line on
+stderr and exit code 1; the output checks run before the checkpoint is read. A successful run prints one
+summary line: absl / orbax INFO logging is silenced unless ``--verbosity`` is given.
 """
 from __future__ import annotations
 
@@ -14,6 +17,14 @@ from typing import Any, Callable, Optional
 from ircore.layers import count_params
 
 ConvertFn = Callable[..., Any]
+
+
+def quiet_logging(FLAGS: Any) -> None:
+    """absl (and through it python ``logging``: orbax, jax) at WARNING, unless the user passed ``--verbosity``."""
+    from absl import logging  # noqa: PLC0415 - CLI only
+
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
 
 
 def convert_main(
@@ -36,11 +47,13 @@ def convert_main(
 
     def run(_):
         FLAGS = flags.FLAGS
+        quiet_logging(FLAGS)
         if FLAGS.config is None:
-            raise app.UsageError("--config is required")
+            print(f"{prog}: error: --config is required: pass the model's config file, {config_help}", file=sys.stderr)
+            sys.exit(1)
         try:
             params = convert(FLAGS.src, FLAGS.config, FLAGS.out, overwrite=FLAGS.overwrite, **extra_kwargs(FLAGS))
-        except (FileNotFoundError, FileExistsError, ValueError, ImportError) as err:  # ConversionError: ValueError
+        except (OSError, ValueError, ImportError) as err:  # ConversionError: ValueError; PermissionError: OSError
             print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
             sys.exit(1)
         print(f"wrote {count_params(params):,} parameters to {FLAGS.out}")
