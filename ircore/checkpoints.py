@@ -206,17 +206,18 @@ def save_params(
     metadata: Mapping[str, Any] | None = None,
     *,
     overwrite: bool = False,
+    protect: tuple[str | os.PathLike, ...] = (),
     flag: str = "--out",
 ) -> pathlib.Path:
     """Writes ``params`` (any pytree of arrays) and ``metadata`` (JSON-able dict) to ``directory``.
 
-    The checks of :func:`check_target` come first (``FileExistsError`` for an existing checkpoint unless
-    ``overwrite``, and always for a folder holding files not written here). The checkpoint is written
-    completely under a temporary sibling name, given its manifest, and renamed into place, so ``directory``
-    is either absent, the old checkpoint or the complete new one. Returns the absolute path. Call it on every
+    The checks of :func:`check_target` (with ``protect`` and ``flag``) come first (``FileExistsError`` for an
+    existing checkpoint unless ``overwrite``, and always for a folder holding files not written here). The
+    checkpoint is written completely under a temporary sibling name, given its manifest, and renamed into
+    place, so ``directory`` is either absent, the old checkpoint or the complete new one. Returns the absolute path. Call it on every
     process of a multi-host job with the same (shared) path; only process 0 renames and deletes.
     """
-    path = check_target(directory, overwrite=overwrite, flag=flag)
+    path = check_target(directory, overwrite=overwrite, protect=protect, flag=flag)
     args = _save_args(PARAMS_ITEM, params, METADATA_ITEM, _metadata_dict(metadata))
     path.parent.mkdir(parents=True, exist_ok=True)
     token = _shared_token()
@@ -346,9 +347,11 @@ class TrainCheckpoints:
 
 
 def export_ema(state: Any, directory: str | os.PathLike, metadata: Mapping[str, Any] | None = None, *,
-               overwrite: bool = False, flag: str = "--export") -> pathlib.Path:
+               overwrite: bool = False, protect: tuple[str | os.PathLike, ...] = (),
+               flag: str = "--export") -> pathlib.Path:
     """Writes ``state.ema_params`` of a train state as a parameter checkpoint (:func:`save_params`, with its
     ownership rules), the form the samplers load; ``metadata`` gets ``step`` added. Call it on every process
-    (the arrays may be sharded)."""
+    (the arrays may be sharded). ``protect=(workdir,)`` refuses an export folder that is or contains the run's
+    workdir; a trainer can run :func:`check_target` with the same arguments before training."""
     meta = {**_metadata_dict(metadata), "step": int(jax.device_get(state.step))}
-    return save_params(directory, state.ema_params, meta, overwrite=overwrite, flag=flag)
+    return save_params(directory, state.ema_params, meta, overwrite=overwrite, protect=protect, flag=flag)

@@ -167,6 +167,8 @@ def test_foreign_folders_are_refused_and_empty_ones_used(tmp_path):
         checkpoints.export_ema(_State(jnp.asarray(1), {"w": jnp.ones(2)}), run, overwrite=True)
     with pytest.raises(FileExistsError, match="choose another --export"):
         checkpoints.export_ema(_State(jnp.asarray(1), {"w": jnp.ones(2)}), run, overwrite=True)
+    with pytest.raises(ValueError, match="--export .*run would replace .*run, which it contains"):
+        checkpoints.export_ema(_State(jnp.asarray(1), {"w": jnp.ones(2)}), run, overwrite=True, protect=(run,))
     assert _tree(tmp_path) == before and (run / "checkpoints" / "7").is_dir()
     # a forged or broken manifest does not make a folder ours
     (tmp_path / "forged").mkdir()
@@ -174,7 +176,8 @@ def test_foreign_folders_are_refused_and_empty_ones_used(tmp_path):
     with pytest.raises(FileExistsError, match=checkpoints.MANIFEST):
         checkpoints.save_params(tmp_path / "forged", {"w": np.ones(1)}, overwrite=True)
     (tmp_path / "empty").mkdir()
-    checkpoints.save_params(tmp_path / "empty", {"w": np.ones(1, np.float32)})  # an empty folder is used, no --overwrite needed
+    # an empty existing folder is used, no --overwrite needed
+    checkpoints.save_params(tmp_path / "empty", {"w": np.ones(1, np.float32)})
     _assert_same(checkpoints.restore_params(tmp_path / "empty"), {"w": np.ones(1, np.float32)})
 
 
