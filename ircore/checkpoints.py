@@ -147,6 +147,8 @@ def check_target(
       FileExistsError: an existing file or foreign folder, or an existing checkpoint without ``overwrite``.
       PermissionError: the parent folder is read-only or not writable.
     """
+    if not os.fspath(directory).strip():
+        raise ValueError(f"{flag} is empty; name the output folder")
     path = _absolute(directory)
     for guarded in protect:
         if _is_within(_absolute(guarded), path):

@@ -19,6 +19,20 @@ from ircore.layers import count_params
 ConvertFn = Callable[..., Any]
 
 
+def shorten(message: str, keep: int = 8) -> str:
+    """``message`` on one line, each long list of names (``"N things: a, b, c, ..."`` parts separated by
+    ``" | "``, as :class:`ircore.torch_convert.ConversionError` writes them) cut to its first ``keep`` names."""
+    parts = []
+    for part in " ".join(message.split()).split(" | "):
+        head, sep, body = part.partition(": ")
+        separator = "; " if body.count("; ") > body.count(", ") else ", "
+        items = body.split(separator)
+        if sep and len(items) > keep:
+            body = separator.join(items[:keep]) + f"{separator}... ({len(items) - keep} more)"
+        parts.append(head + sep + body)
+    return " | ".join(parts)
+
+
 def quiet_logging(FLAGS: Any) -> None:
     """absl (and through it python ``logging``: orbax, jax) at WARNING, unless the user passed ``--verbosity``."""
     from absl import logging  # noqa: PLC0415 - CLI only
@@ -54,7 +68,7 @@ def convert_main(
         try:
             params = convert(FLAGS.src, FLAGS.config, FLAGS.out, overwrite=FLAGS.overwrite, **extra_kwargs(FLAGS))
         except (OSError, ValueError, ImportError) as err:  # ConversionError: ValueError; PermissionError: OSError
-            print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
+            print(f"{prog}: error: {shorten(str(err))}", file=sys.stderr)
             sys.exit(1)
         print(f"wrote {count_params(params):,} parameters to {FLAGS.out}")
 

@@ -60,9 +60,18 @@ def convert_part_state_dict(state: Mapping[str, np.ndarray], config: ml_collecti
     return convert_keys.convert_vq_state_dict(state, section(config, part))
 
 
-def _foreign(src: str | os.PathLike, state: Mapping[str, Any]) -> torch_convert.ConversionError | None:
-    """The "did you mean deqir_jax.convert" error when ``state`` holds another package's weights, else None."""
+_PART_OF_KIND = {checkpoint_kinds.RESSHIFT_UNET: "unet", checkpoint_kinds.RESSHIFT_VQ: "autoencoder"}
+
+
+def _foreign(src: str | os.PathLike, state: Mapping[str, Any], part: str = "auto"
+             ) -> torch_convert.ConversionError | None:
+    """A clearer error than the key lists when ``state`` holds another package's weights ("did you mean
+    deqir_jax.convert") or the other ResShift network than ``part`` ("pass --part ..."), else None."""
     hint = checkpoint_kinds.wrong_package(src, state, PACKAGE, EXPECTED)
+    kind = checkpoint_kinds.guess_kind(state)
+    if hint is None and part in PARTS and _PART_OF_KIND.get(kind, part) != part:
+        hint = (f"{os.fspath(src)} looks like {kind.name} checkpoint, but --part {part} was given; pass "
+                f"--part {_PART_OF_KIND[kind]} or leave --part out")
     return None if hint is None else torch_convert.ConversionError(hint)
 
 
@@ -98,7 +107,7 @@ def convert_checkpoint(
             part = detect_part(state)
         params = convert_part_state_dict(state, config, part)
     except torch_convert.ConversionError as err:
-        raise _foreign(src, state) or err from None
+        raise _foreign(src, state, part) or err from None
     except ValueError as err:  # detect_part: neither a UNet nor an autoencoder
         if "cannot tell" not in str(err):
             raise

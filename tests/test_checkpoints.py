@@ -206,6 +206,8 @@ def test_check_target_refusals(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="which it contains"):
         checkpoints.check_target(src, protect=(src,))
     assert checkpoints.check_target(tmp_path / "weights" / "converted", protect=(src,)).name == "converted"
+    with pytest.raises(ValueError, match="--out is empty; name the output folder"):
+        checkpoints.check_target("")
     with pytest.raises(FileExistsError, match="is an existing file, not a folder; choose another --out"):
         checkpoints.check_target(src, overwrite=True)
     with pytest.raises(FileExistsError, match="model.pth is a file; choose another --out"):

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from ircore import checkpoint_kinds, checkpoints, convert_source
+from ircore import checkpoint_kinds, checkpoints, convert_cli, convert_source
 from ircore.torch_convert import ConversionError
 
 DDPM_PARAMS = 1_113_955  # deqir/tiny_ddpm fixture, as its sidecar says (checked in test_deqir_convert)
@@ -66,6 +66,7 @@ def inputs(load_fixture, tmp_path_factory) -> pathlib.Path:
     nan_vq = dict(states["vq.pth"], **{"quant_conv.weight": np.full_like(states["vq.pth"]["quant_conv.weight"],
                                                                          np.inf)})
     _torch_save(nan_vq, root / "nan_vq.pth")
+    np.savez(root / "unrelated.npz", **{"fc.weight": np.ones((2, 2), np.float32)})
     (root / "garbage.pt").write_bytes(np.random.default_rng(0).bytes(3000))
     (root / "trunc.pth").write_bytes((root / "vq.pth").read_bytes()[:5000])
     (root / "empty.pt").write_bytes(b"")
@@ -185,6 +186,14 @@ CASES = [
          "ddpm.ckpt looks like a DDPM UNet (the DeqIR CelebA-HQ prior) checkpoint"),
     Case("deqir-given-resshift-config", D, ("--src={in}/ddpm.ckpt", RCFG, "--out=out"),
          "not a DeqIR model config: pass one of configs/deqir/models/*.py as --config"),
+    Case("resshift-wrong-part", R, ("--src={in}/unet.pth", RCFG, "--out=out", "--part=autoencoder"),
+         "unet.pth looks like a ResShift UNet checkpoint, but --part autoencoder was given; pass --part unet or "
+         "leave --part out"),
+    Case("deqir-unrelated-npz", D, ("--src={in}/unrelated.npz", DCFG, "--out=out"),
+         "checkpoint does not match the model: 1 unused checkpoint key(s): fc.weight | 182 parameter(s) not in the "
+         "checkpoint: conv_in/bias, conv_in/kernel, conv_out/bias, conv_out/kernel, down_0_block_0/conv1/bias, "
+         "down_0_block_0/conv1/kernel, down_0_block_0/conv2/bias, down_0_block_0/conv2/kernel, ... (174 more)"),
+    Case("deqir-empty-out", D, ("--src={in}/ddpm.ckpt", DCFG, "--out="), "--out is empty; name the output folder"),
     Case("resshift-given-deqir-config", R, ("--src={in}/unet.pth", DCFG, "--out=out"),
          "is a DeqIR model config, not a ResShift one: pass one of configs/resshift/*.py as --config"),
     # --config, damaged weights
@@ -249,6 +258,15 @@ def test_guess_kind_tells_the_families_apart(load_fixture):
     assert checkpoint_kinds.wrong_package("x.pt", gd, "resshift_jax", "a ResShift UNet") == (
         "x.pt looks like a guided-diffusion UNet (a DeqIR prior) checkpoint, not a ResShift UNet; "
         "did you mean python -m deqir_jax.convert?")
+
+
+def test_shorten_cuts_long_name_lists():
+    message = "checkpoint does not match the model: 3 unused key(s): a, b, c | 12 missing: " + ", ".join(
+        f"p{i}" for i in range(12)) + " | 9 shape mismatch(es): " + "; ".join(f"k{i} (1,) -> x" for i in range(9))
+    assert convert_cli.shorten(message, keep=4) == (
+        "checkpoint does not match the model: 3 unused key(s): a, b, c | 12 missing: p0, p1, p2, p3, ... (8 more)"
+        " | 9 shape mismatch(es): k0 (1,) -> x; k1 (1,) -> x; k2 (1,) -> x; k3 (1,) -> x; ... (5 more)")
+    assert convert_cli.shorten("one\nline  only") == "one line only"
 
 
 def test_read_state_dict_refusals(tmp_path):
