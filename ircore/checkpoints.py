@@ -135,16 +135,17 @@ def check_target(
     protect: tuple[str | os.PathLike, ...] = (),
     flag: str = "--out",
 ) -> pathlib.Path:
-    """Checks, without writing anything, that :func:`save_params` may write ``directory``; returns its absolute path.
+    """Checks, without writing anything, that :func:`save_params` may write ``directory``; returns it absolute.
 
-    Refuses when ``directory`` is or contains one of the ``protect`` paths (e.g. the converter's source file),
-    is an existing file, holds entries this program did not write (:func:`foreign_entries`; even with
-    ``overwrite``), is an existing checkpoint of ours and ``overwrite`` is False, or when the folder it would
-    be created in is not writable. ``flag`` names the command-line flag in the messages.
+    Refuses when ``directory`` is empty, is or contains one of the ``protect`` paths (e.g. the converter's
+    source file), is a symbolic link or an existing file, holds entries this program did not write
+    (:func:`foreign_entries`; even with ``overwrite``), is an existing checkpoint of ours and ``overwrite`` is
+    False, or when the folder it would be created in is not writable. ``flag`` names the command-line flag in
+    the messages.
 
     Raises:
-      ValueError: a protected path lies inside ``directory``.
-      FileExistsError: an existing file or foreign folder, or an existing checkpoint without ``overwrite``.
+      ValueError: ``directory`` is empty, or a protected path lies inside it.
+      FileExistsError: an existing file, link or foreign folder, or an existing checkpoint without ``overwrite``.
       PermissionError: the parent folder is read-only or not writable.
     """
     if not os.fspath(directory).strip():
@@ -153,7 +154,10 @@ def check_target(
     for guarded in protect:
         if _is_within(_absolute(guarded), path):
             raise ValueError(f"{flag} {path} would replace {guarded}, which it contains; choose another {flag}")
-    if path.exists() or path.is_symlink():
+    if path.is_symlink():  # replacing it would swap the link, not the folder it names
+        raise FileExistsError(f"{flag} {path} is a symbolic link (to {os.path.realpath(path)}); pass the folder "
+                              f"itself or another {flag}")
+    if path.exists():
         if not path.is_dir():
             raise FileExistsError(f"{flag} {path} is an existing file, not a folder; choose another {flag}")
         foreign = foreign_entries(path)
@@ -216,8 +220,9 @@ def save_params(
     The checks of :func:`check_target` (with ``protect`` and ``flag``) come first (``FileExistsError`` for an
     existing checkpoint unless ``overwrite``, and always for a folder holding files not written here). The
     checkpoint is written completely under a temporary sibling name, given its manifest, and renamed into
-    place, so ``directory`` is either absent, the old checkpoint or the complete new one. Returns the absolute path. Call it on every
-    process of a multi-host job with the same (shared) path; only process 0 renames and deletes.
+    place, so ``directory`` is either absent, the old checkpoint or the complete new one. Returns the absolute
+    path. Call it on every process of a multi-host job with the same (shared) path; only process 0 writes the
+    manifest, renames and deletes.
     """
     path = check_target(directory, overwrite=overwrite, protect=protect, flag=flag)
     args = _save_args(PARAMS_ITEM, params, METADATA_ITEM, _metadata_dict(metadata))

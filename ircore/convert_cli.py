@@ -55,7 +55,8 @@ def convert_main(
 
     flags.DEFINE_string("src", None, "released checkpoint (.pt/.pth/.ckpt/.npz)", required=True)
     flags.DEFINE_string("out", None, "output directory for the orbax checkpoint", required=True)
-    flags.DEFINE_bool("overwrite", False, "replace an existing checkpoint at --out")
+    flags.DEFINE_bool("overwrite", False, "replace a checkpoint this program wrote earlier at --out (a folder "
+                      "holding anything else is never replaced)")
     config_flags.DEFINE_config_file("config", None, config_help)
     extra_kwargs = extra_flags(flags) if extra_flags is not None else (lambda _: {})
 
@@ -63,7 +64,7 @@ def convert_main(
         FLAGS = flags.FLAGS
         quiet_logging(FLAGS)
         if FLAGS.config is None:
-            print(f"{prog}: error: --config is required: pass the model's config file, {config_help}", file=sys.stderr)
+            print(f"{prog}: error: --config is required: pass --config=FILE, the {config_help}", file=sys.stderr)
             sys.exit(1)
         try:
             params = convert(FLAGS.src, FLAGS.config, FLAGS.out, overwrite=FLAGS.overwrite, **extra_kwargs(FLAGS))

@@ -210,6 +210,10 @@ def test_check_target_refusals(tmp_path, monkeypatch):
         checkpoints.check_target("")
     with pytest.raises(FileExistsError, match="is an existing file, not a folder; choose another --out"):
         checkpoints.check_target(src, overwrite=True)
+    (tmp_path / "link").symlink_to(tmp_path / "weights")
+    with pytest.raises(FileExistsError, match="link is a symbolic link .*; pass the folder itself or another --out"):
+        checkpoints.check_target(tmp_path / "link", overwrite=True)
+    (tmp_path / "link").unlink()
     with pytest.raises(FileExistsError, match="model.pth is a file; choose another --out"):
         checkpoints.check_target(src / "sub" / "out")
     with pytest.raises(FileExistsError, match="holds files this program did not write"):
