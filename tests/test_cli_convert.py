@@ -197,8 +197,8 @@ CASES = [
     Case("resshift-given-deqir-config", R, ("--src={in}/unet.pth", DCFG, "--out=out"),
          "is a DeqIR model config, not a ResShift one: pass one of configs/resshift/*.py as --config"),
     # --config, damaged weights
-    Case("deqir-missing-config", D, ("--src={in}/ddpm.ckpt", "--out=out"), "--config is required"),
-    Case("resshift-missing-config", R, ("--src={in}/vq.pth", "--out=out"), "--config is required"),
+    Case("deqir-missing-config", D, ("--src={in}/ddpm.ckpt", "--out=out"), "no --config given"),
+    Case("resshift-missing-config", R, ("--src={in}/vq.pth", "--out=out"), "no --config given"),
     Case("deqir-nan-tensor", D, ("--src={in}/nan.ckpt", DCFG, "--out=out"),
          "1 tensor(s) with NaN or infinite values (a damaged or diverged checkpoint): conv_in.weight"),
     Case("resshift-inf-tensor", R, ("--src={in}/nan_vq.pth", RCFG, "--out=out"),
