@@ -58,8 +58,12 @@ step speed 200 "$PY" benchmarks/speed.py --dtypes bfloat16,float32 --batches 1,4
 
 # 2. the official guided-diffusion UNet on the same weights, interleaved (only with OFFICIAL_PATH)
 if [[ -n "${OFFICIAL_PATH:-}" ]]; then
+  # torch's device: cuda when the installed torch has it (the test extra pins a CPU wheel: then the ratio
+  # compares our GPU with torch on the CPU, which the JSON's official_device says)
+  OFFICIAL_DEVICE="${OFFICIAL_DEVICE:-$("$PY" -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')" 2>/dev/null || echo cpu)}"
   step official 60 "$PY" benchmarks/speed.py --only adm_small --batches 1 --dtypes float32 --repeats 5 \
-    --official "$OFFICIAL_PATH" --official-device cuda --pairs 3 --quiet-timeout 5 --out "$OUT_DIR/speed_official.json"
+    --official "$OFFICIAL_PATH" --official-device "$OFFICIAL_DEVICE" --pairs 3 --quiet-timeout 5 \
+    --out "$OUT_DIR/speed_official.json"
 else
   SUMMARY+=("$(printf '%-16s %s' official "skipped: OFFICIAL_PATH not set")")
 fi

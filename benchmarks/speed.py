@@ -40,6 +40,9 @@ converted with this project's converters), in interleaved pairs (ours, official,
 the machine's load average to drop below ``--quiet-load`` (at most ``--quiet-timeout`` s; a warning is recorded
 when it does not), checks the outputs agree and reports the ratio ours / official.
 
+``--compile-only`` compiles and analyses without timing: the FLOPs, bytes, memory and projections of the
+full-size cases on a machine too slow to run them (the bytes and memory are still this platform's).
+
 Writes ``--out`` (JSON, default ``benchmarks/results/speed_<platform>.json``) after every entry, so a run cut off
 by a timeout keeps what it measured; ``--budget`` skips the remaining cases once that many seconds have passed.
 """
@@ -368,7 +371,8 @@ def body_costs(name: str, batch: int, dtype: str, sizes: Sizes) -> dict:
     key = (name, batch, dtype)
     if key not in _COSTS:
         case = build_case(name, batch, dtype, sizes)
-        _COSTS[key] = compiled_costs(jax.jit(case.fn).lower(*case.args).compile(compiler_options=compile_options(sizes)))
+        lowered = jax.jit(case.fn).lower(*case.args)
+        _COSTS[key] = compiled_costs(lowered.compile(compiler_options=compile_options(sizes)))
     return _COSTS[key]
 
 
@@ -383,12 +387,12 @@ def run_case(name: str, batch: int, dtype: str, sizes: Sizes, warmup: int, repea
     compile_s = time.perf_counter() - start
     costs = compiled_costs(compiled)
     _COSTS.setdefault((name, batch, dtype), costs)
-    times = timed_calls(compiled, args, warmup, repeats)
-    median = statistics.median(times)
+    times = timed_calls(compiled, args, warmup, repeats) if repeats else []
+    median = statistics.median(times) if times else None
     row = {"name": name, "description": case.description, "batch": batch, "images_per_call": case.images,
            "dtype": dtype, "lower_s": lower_s, "compile_s": compile_s, "repeats": repeats, "warmup": warmup,
-           "median_s": median, "min_s": min(times), "max_s": max(times), "times_s": times,
-           "images_per_s": case.images / median, **case.extra, **costs}
+           "median_s": median, "min_s": min(times) if times else None, "max_s": max(times) if times else None,
+           "times_s": times, "images_per_s": case.images / median if times else None, **case.extra, **costs}
     flops, nbytes, note = costs["xla_flops"], costs["xla_bytes"], "xla cost_analysis"
     if case.loop is not None and flops is not None:
         trips, body = case.loop
@@ -397,7 +401,7 @@ def run_case(name: str, batch: int, dtype: str, sizes: Sizes, warmup: int, repea
             flops, nbytes = flops + (trips - 1) * bc["xla_flops"], nbytes + (trips - 1) * bc["xla_bytes"]
             note = f"xla cost_analysis + ({trips} - 1) x {body} call (XLA counts a loop body once)"
     row.update(flops=flops, bytes=nbytes, cost_note=note,
-               achieved_tflops=None if flops is None else flops / median / 1e12,
+               achieved_tflops=None if flops is None or median is None else flops / median / 1e12,
                projection=projection(flops, nbytes, dtype))
     return row
 
@@ -419,7 +423,7 @@ def table_line(row: dict) -> str:
     h100 = proj.get("h100_sxm", {}).get("s")
     v5e = proj.get("tpu_v5e", {}).get("s")
     return (f"{row['name']:<20} {row['batch']:>3} {row['dtype']:<8} {row['compile_s']:>9.2f} "
-            f"{row['median_s'] * 1e3:>9.2f} {row['images_per_s']:>8.3g} {_fmt(row['flops'], 1e-9):>9} "
+            f"{_fmt(row['median_s'], 1e3, '.2f'):>9} {_fmt(row['images_per_s']):>8} {_fmt(row['flops'], 1e-9):>9} "
             f"{_fmt(row['bytes'], 1e-9):>8} {_fmt(row.get('peak_bytes'), 1e-6, '.0f'):>8} | "
             f"{_fmt(h100, 1e3):>12} {_fmt(v5e, 1e3):>11}")
 
@@ -447,6 +451,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="compute dtypes, comma-separated (default float32,bfloat16; quick float32)")
     parser.add_argument("--timesteps", type=int, default=None, help="DeqIR chain length T (default 25; quick 4)")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per case (default 10; quick 3)")
+    parser.add_argument("--compile-only", action="store_true",
+                        help="compile and analyse only (FLOPs, bytes, memory, projection), no timed calls")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls after compiling")
     parser.add_argument("--budget", type=float, default=0.0,
                         help="seconds; skip the remaining cases once a run has taken this long (0: no limit)")
@@ -484,7 +490,8 @@ def main(argv=None) -> dict:
         "device": f"{jax.device_count()} x {device.device_kind} ({device.platform})", "platform": device.platform,
         "jax_version": jax.__version__, "quick": args.quick, "timesteps": args.timesteps,
         "entries": args.entries, "batches": args.batches, "dtypes": args.dtypes, "repeats": args.repeats,
-        "warmup": args.warmup, "fast_compile": bool(compile_options(sizes)), "loadavg_start": list(os.getloadavg()), "peaks": PEAKS,
+        "warmup": args.warmup, "compile_only": args.compile_only, "fast_compile": bool(compile_options(sizes)),
+        "loadavg_start": list(os.getloadavg()), "peaks": PEAKS,
         "projection_note": "roofline projection max(flops/peak, bytes/bandwidth) per call, not a measurement",
         "rows": [],
     }
@@ -501,7 +508,8 @@ def main(argv=None) -> dict:
                            "skipped": f"skipped: budget of {args.budget:g} s spent"}
                 else:
                     try:
-                        row = run_case(name, batch, dtype, sizes, args.warmup, args.repeats)
+                        row = run_case(name, batch, dtype, sizes, 0 if args.compile_only else args.warmup,
+                                       0 if args.compile_only else args.repeats)
                     except Exception as err:  # noqa: BLE001 - one failed case (e.g. out of memory) is a row
                         row = {"name": name, "batch": batch, "dtype": dtype,
                                "error": f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"}
@@ -512,7 +520,7 @@ def main(argv=None) -> dict:
     if args.official:
         from benchmarks import official_models
 
-        result["official"] = official_models.compare(args, sizes, adm_config, timed_calls, compile_options)
+        result["official"] = official_models.compare(args, sizes, adm_config, timed_calls)
         files.write_json(out_path, result)
     result["total_s"] = time.perf_counter() - started
     files.write_json(out_path, result)
