@@ -457,9 +457,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--budget", type=float, default=0.0,
                         help="seconds; skip the remaining cases once a run has taken this long (0: no limit)")
     parser.add_argument("--out", default=None, help="JSON (default benchmarks/results/speed_<platform>.json)")
-    parser.add_argument("--official", default="", metavar="PATH",
-                        help="checkout of openai/guided-diffusion or zsyOAOA/ResShift: also time the official "
-                             "module of each selected network (adm256, adm_small, swin, vq_encode, vq_decode)")
+    parser.add_argument("--official", default="", metavar="PATH[,PATH]",
+                        help="checkout(s) of openai/guided-diffusion (adm256, adm_small) and/or zsyOAOA/ResShift "
+                             "(swin, vq_encode, vq_decode): also time the official module of each selected network")
     parser.add_argument("--pairs", type=int, default=5, help="--official: interleaved (ours, official) pairs")
     parser.add_argument("--quiet-load", type=float, default=None,
                         help="--official: wait before each pair until the 1-min load average is below this "
@@ -520,7 +520,7 @@ def main(argv=None) -> dict:
     if args.official:
         from benchmarks import official_models
 
-        result["official"] = official_models.compare(args, sizes, adm_config, timed_calls)
+        result["official"] = official_models.compare(args, sizes, sys.modules[__name__])
         files.write_json(out_path, result)
     result["total_s"] = time.perf_counter() - started
     files.write_json(out_path, result)
