@@ -11,7 +11,7 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks import speed  # noqa: E402
+from benchmarks import official_models, speed  # noqa: E402
 
 
 def test_projection_is_the_roofline_max():
@@ -39,6 +39,22 @@ def test_flags_are_checked():
         speed.parse_args(["--only", "swin,nope"])
     with pytest.raises(SystemExit, match="unknown dtype"):
         speed.parse_args(["--dtypes", "float64"])
+
+
+def test_official_kwargs_and_quiet_wait(monkeypatch):
+    # Our ADM section -> guided-diffusion create_model kwargs (float32: use_fp16 off), JSON-able.
+    sizes = speed.Sizes(quick=False, timesteps=25)
+    kwargs = official_models.create_model_kwargs(speed.adm_config("adm256", sizes, "bfloat16"))
+    assert kwargs["image_size"] == 256 and kwargs["num_channels"] == 256 and kwargs["use_fp16"] is False
+    assert kwargs["attention_resolutions"] == "32,16,8" and "dtype" not in kwargs
+    assert official_models._plain(speed.resshift_config(sizes, "float32").model)["channel_mult"] == [1, 2, 2, 4]
+    # A busy machine: the wait gives up after the timeout and says so; a quiet one does not wait.
+    monkeypatch.setattr(official_models.os, "getloadavg", lambda: (50.0, 50.0, 50.0))
+    busy = official_models.wait_quiet(1.0, 0.0)
+    assert not busy["quiet"] and "warning" in busy
+    monkeypatch.setattr(official_models.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+    quiet = official_models.wait_quiet(1.0, 10.0)
+    assert quiet["quiet"] and quiet["waited_s"] < 1.0 and "warning" not in quiet
 
 
 @pytest.mark.slow
