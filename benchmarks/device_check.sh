@@ -86,6 +86,10 @@ step solvers_T100 90 "$PY" benchmarks/deqir_solvers.py --timesteps 100 --tasks s
 # 4. one ResShift train step (released UNet size, bf16)
 step train_step 90 "$PY" benchmarks/train_step.py --batch 8 --steps 5 --dtype bfloat16 --out "$OUT_DIR/train_step.json"
 
+# 5. compiled memory of DeqIR at T = 100 with ADM 256 on this device (compiles only; runs nothing)
+step deqir_memory 60 "$PY" benchmarks/deqir_memory.py --steps 100 --chunks 0,13 --solvers default \
+  --dtypes bfloat16 --out "$OUT_DIR/deqir_memory.json"
+
 echo
 echo "== summary ($(( SECONDS - START ))s of ${TOTAL_S}s; results in $OUT_DIR)"
 for line in "${SUMMARY[@]}"; do echo "  $line"; done
