@@ -281,27 +281,39 @@ def _duration(seconds: float) -> str:
 
 
 class TileProgress:
-    """``on_tile(done, total)`` of the restorer for the command line: a tqdm bar over the tiles (``bar``) and,
-    after the first call, one line with the time it took and an estimate for the rest (through ``log``)."""
+    """``on_tile(done, total)`` of the restorer for the command line: a tqdm bar over the tiles (``bar``) and
+    two lines through ``log``: after the first call the time it took (compilation included, so the estimate is
+    an upper bound), after the second an estimate for the rest at the speed of that call."""
 
     def __init__(self, total: int, log: Callable[[str], Any], *, bar: bool = True):
-        self.start = time.perf_counter()
-        self.bar = logging_utils._NoBar()
+        self.start, self.total, self.done, self.calls, self.bar = time.perf_counter(), total, 0, 0, None
+        self.log = log
         if bar:
             from tqdm import tqdm  # noqa: PLC0415
 
             self.bar = tqdm(total=total, unit="tile", leave=False, file=sys.stderr, dynamic_ncols=True)
-        self.log, self.total, self.done = logging_utils.print_above(self.bar, log), total, 0
+            self.log = logging_utils.print_above(self.bar, log)
 
     def __call__(self, done: int, total: int) -> None:
-        if self.done == 0 and done < total:
-            spent = time.perf_counter() - self.start
-            self.log(f"first {done} tile(s) in {_duration(spent)} (compilation included); about "
-                     f"{_duration(spent / done * (total - done))} for the other {total - done}")
-        self.bar.update(done - self.done)
-        self.done = done
+        now, step = time.perf_counter(), done - self.done
+        left = total - done
+        if self.calls == 0 and left:
+            self.log(f"first {done} tile(s) in {_duration(now - self.start)} (compilation included); at most about "
+                     f"{_duration((now - self.start) / done * left)} for the other {left}")
+        elif self.calls == 1 and left:
+            self.log(f"next {step} tile(s) in {_duration(now - self.start)}: about "
+                     f"{_duration((now - self.start) / step * left)} for the other {left}")
+        self.start, self.calls, self.done = now, self.calls + 1, done
+        if self.bar is not None:
+            self.bar.update(step)
         if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        """Removes the bar (also when the work stops early), so that a following message is the last line."""
+        if self.bar is not None:
             self.bar.close()
+            self.bar = None
 
 
 def tile_progress(restorer: pipeline.Restorer, height: int, width: int, name: str, log: Callable[[str], Any],
@@ -375,6 +387,7 @@ def _restore_jobs(cfg, restorer, jobs, references, networks, out_dir, *, progres
         from tqdm import tqdm  # noqa: PLC0415
 
         indices = tqdm(indices, total=len(jobs), unit="image", file=sys.stderr, disable=len(jobs) < 2)
+    on_tile = None
     try:
         for i in indices:
             src, _, dst = jobs[i]
@@ -400,6 +413,11 @@ def _restore_jobs(cfg, restorer, jobs, references, networks, out_dir, *, progres
             written.append(images.write_png(dst, out))
     except KeyboardInterrupt:
         raise Interrupted(len(written) + len(skipped), len(jobs), pathlib.Path(out_dir).resolve()) from None
+    finally:  # the bars go before any message
+        if on_tile is not None:
+            on_tile.close()
+        if hasattr(indices, "close"):
+            indices.close()
     if skipped:
         log(f"skipped {len(skipped)} existing output(s) (pass --config.overwrite=True to replace them)")
     if failed:
@@ -518,6 +536,9 @@ def restore_clean_image(
         res = degrade_and_restore(hq, restorer, networks, image_key(cfg.sample.seed, hq_path.name), on_tile)
     except KeyboardInterrupt:
         raise Interrupted(0, 1, out_dir.resolve()) from None
+    finally:
+        if on_tile is not None:
+            on_tile.close()
     restored_scores = image_scores(_as_written(res["restored"]), res["hq"], scorer)
     bicubic_scores = image_scores(_as_written(res["bicubic"]), res["hq"], scorer)
     record = {

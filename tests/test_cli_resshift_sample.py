@@ -306,10 +306,16 @@ def test_tile_progress_says_the_count_first_then_an_estimate(tiny):
     progress = sample.tile_progress(restorer, 40, 28, "big.png", lines.append, bar=False)
     assert lines == ["big.png: 28x40 LQ pixels -> 6 tiles of 16 px (overlap 4, 2 per call)"]  # 3 rows, 2 columns
     progress(2, 6)
-    assert lines[1].startswith("first 2 tile(s) in ") and lines[1].endswith("for the other 4")
+    assert lines[1].startswith("first 2 tile(s) in ") and "(compilation included); at most about" in lines[1] \
+        and lines[1].endswith("for the other 4")
     progress(4, 6)
+    assert lines[2].startswith("next 2 tile(s) in ") and lines[2].endswith("for the other 2")
     progress(6, 6)
-    assert len(lines) == 2 and progress.done == 6
+    assert len(lines) == 3 and progress.done == 6
+    with_bar = sample.tile_progress(restorer, 40, 28, "big.png", lines.append, bar=True)
+    with_bar(2, 6)
+    with_bar.close()  # e.g. on Ctrl-C: the bar is gone before the message
+    assert with_bar.bar is None and len(lines) == 5
 
 
 # ----------------------------------------------------------------------------------------------- command line
@@ -376,7 +382,7 @@ def test_cli_ctrl_c_during_tiled_sampling(tiny, tmp_path):
     for name in ("a", "b"):
         images.write_png(tmp_path / "in" / f"{name}.png", photo("coffee", 64, 64))
     cfg.update(input=str(tmp_path / "in"), output=str(tmp_path / "out"))
-    cfg.sample.update(tile_size=16, tile_overlap=4)  # 36 tiles an image: slow enough to interrupt
+    cfg.sample.update(tile_size=16, tile_overlap=4)  # 5 x 5 = 25 tiles an image: slow enough to interrupt
     proc = subprocess.Popen([sys.executable, "-m", "resshift_jax.sample", "--config",
                              _config_file(cfg, tmp_path / "cfg.py")], cwd=tmp_path, stderr=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
@@ -393,4 +399,4 @@ def test_cli_ctrl_c_during_tiled_sampling(tiny, tmp_path):
     assert "Traceback" not in err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png"]
     images.read_image(tmp_path / "out" / "a.png")  # complete
-    assert "a.png: 64x64 LQ pixels -> 36 tiles of 16 px" in err and "first 1 tile(s) in" in err
+    assert "a.png: 64x64 LQ pixels -> 25 tiles of 16 px" in err and "first 1 tile(s) in" in err
