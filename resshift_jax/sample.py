@@ -35,8 +35,8 @@ to score, output folder writable, checkpoints of this config's networks) runs be
 or anything is computed; a run that fails before writing anything leaves no folder behind. Every problem is
 reported as one line on stderr, exit status 1; Ctrl-C prints how many images were finished and where (rerun
 to continue), exit status 130. Large images are cut into tiles: the command says how many before it starts,
-draws a progress bar over them and estimates the time after the first. :func:`restore_lq_images` is the
-command from Python.
+estimates the time after the first tiles and, on a terminal, draws progress bars over the images and tiles.
+:func:`restore_lq_images` is the command from Python.
 """
 from __future__ import annotations
 
@@ -700,7 +700,8 @@ def main(argv: list[str] | None = None) -> None:
                                  "was installed without its repository): pass --config configs/resshift/<model>.py")
         try:
             compile_cache.enable(flags.FLAGS.config.get("compilation_cache", "auto"))
-            result = restore_lq_images(flags.FLAGS.config, log=lambda msg: print(msg, file=sys.stderr))
+            result = restore_lq_images(flags.FLAGS.config, log=lambda msg: print(msg, file=sys.stderr, flush=True),
+                                       progress=logging_utils.progress_enabled("auto", sys.stderr))  # bars: tty
         except (SampleError, OSError, ValueError) as err:
             _fail(str(err))
         except Interrupted as err:
