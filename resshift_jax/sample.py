@@ -368,8 +368,9 @@ def _score_existing(dst: pathlib.Path, reference: Optional[pathlib.Path], scorer
     return image_scores(out, ref, scorer)
 
 
-def _restore_jobs(cfg, restorer, jobs, references, networks, out_dir, *, progress, log, scorer) -> tuple[list, dict]:
-    """Restores every job (input, mask, output) not written yet; returns (files written, scores by file name).
+def _restore_jobs(cfg, restorer, jobs, references, networks, out_dir, *, progress, log, scorer) -> tuple:
+    """Restores every job (input, mask, output) not written yet; returns (files written, scores by file name,
+    names of the inputs that failed in a folder run).
 
     Everything that can fail for an input is checked before its restoration; a single image is checked before
     the networks are loaded. Ctrl-C raises :class:`Interrupted`; every output is written atomically."""
@@ -420,9 +421,7 @@ def _restore_jobs(cfg, restorer, jobs, references, networks, out_dir, *, progres
             indices.close()
     if skipped:
         log(f"skipped {len(skipped)} existing output(s) (pass --config.overwrite=True to replace them)")
-    if failed:
-        raise SampleError(f"{len(failed)} input(s) failed (see the lines above): {', '.join(failed)}")
-    return written, scores
+    return written, scores, failed
 
 
 def _restore_lq_inputs(cfg, restorer, out_dir, networks, *, progress, log, scorer) -> dict[str, Any]:
@@ -437,12 +436,14 @@ def _restore_lq_inputs(cfg, restorer, out_dir, networks, *, progress, log, score
     references = None
     if cfg.reference:
         references = _partner_files("reference", cfg.reference, [j[0] for j in jobs], single)
-    written, scores = _restore_jobs(cfg, restorer, jobs, references, networks, out_dir, progress=progress,
-                                    log=log, scorer=scorer)
-    if scores:
+    written, scores, failed = _restore_jobs(cfg, restorer, jobs, references, networks, out_dir,
+                                            progress=progress, log=log, scorer=scorer)
+    if scores:  # also when some inputs failed: the scores of the others are kept
         record = {"model": cfg.get("name", ""), "seed": int(cfg.sample.seed), "reference": str(cfg.reference),
                   "images": scores}
         written.append(files.write_json(pathlib.Path(out_dir) / "metrics.json", record))
+    if failed:
+        raise SampleError(f"{len(failed)} input(s) failed (see the lines above): {', '.join(failed)}")
     return {"folder": pathlib.Path(out_dir).resolve(), "written": written, "scores": scores}
 
 

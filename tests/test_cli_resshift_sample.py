@@ -260,6 +260,25 @@ def test_ctrl_c_in_a_folder_run_then_resume(tiny, tmp_path, monkeypatch):
     assert [p.name for p in result["written"]] == ["b.png", "c.png"] and fake.calls == 2  # a.png kept
 
 
+def test_folder_with_one_bad_reference_keeps_the_others_scores(tiny, tmp_path, monkeypatch):
+    base, unet_params, vq_params = tiny
+    cfg = ml_collections.ConfigDict(base.to_dict())
+    cfg.update(input=str(_folder(tmp_path, ("a", "b"))), output=str(tmp_path / "out"), reference=str(tmp_path / "gt"),
+               score_lpips=False)
+    (tmp_path / "gt").mkdir()
+    _image(tmp_path / "gt", "a.png", 96, 80)
+    _image(tmp_path / "gt", "b.png", 10, 10)
+    real = pipeline.make_restorer(cfg)
+    monkeypatch.setattr(pipeline, "make_restorer", lambda c: FakeRestorer(real))
+    lines = []
+    with pytest.raises(sample.SampleError, match=r"^1 input\(s\) failed \(see the lines above\): b.png$"):
+        sample.restore_lq_images(cfg, networks=(unet_params, vq_params), progress=False, log=lines.append)
+    assert lines == [f"error: reference {tmp_path / 'gt' / 'b.png'} is 10x10 but the restored b.png will be 80x96 "
+                     f"(width x height, x4); give the ground truth of this image"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "metrics.json"]
+    assert sorted(json.loads((tmp_path / "out" / "metrics.json").read_text())["images"]) == ["a.png"]
+
+
 def test_ctrl_c_before_the_first_image_leaves_no_fresh_folder(tiny, tmp_path, monkeypatch):
     base, unet_params, vq_params = tiny
     monkeypatch.chdir(tmp_path)
