@@ -12,7 +12,8 @@ Anderson follows the official ``anderson`` of DeqIR (functions/ddim_anderson.py,
 * for ``k = 2 .. max_iter-1``: ``n = min(k, m)``, ``G = F[:n] - X[:n]``, each row r solves its own
   ``[[0, 1^T], [1, G_r G_r^T + lam I]] [mu, alpha_r] = [1, 0]``, then
   ``X[k % m] = beta * sum_i alpha_ri F_i + (1 - beta) * sum_i alpha_ri X_i`` and ``F[k % m] = f(X[k % m])``;
-* stop (from k = 2 on) when ``||F - X||_F / (1e-5 + ||F||_F) < tol`` with ONE Frobenius norm over all rows;
+* stop (from k = 2 on) when ``||F - X||_F / (1e-5 + ||F||_F) <= tol`` with ONE Frobenius norm over all rows
+  (the official ``<``; ``<=`` so that ``tol = 0`` still stops at an exact fixed point);
 * ``max_iter`` counts map evaluations including the two set-up ones; the output is the last iterate
   ``X[k % m]`` (not ``F``).
 
@@ -101,7 +102,7 @@ def _classify(abs_res, rel_res, first_abs, tol, check_tol, divergence_ratio) -> 
     """Status after evaluation k (RUNNING when the loop should go on)."""
     not_finite = ~(jnp.isfinite(abs_res) & jnp.isfinite(rel_res))
     blown_up = abs_res > divergence_ratio * first_abs
-    converged = check_tol & (rel_res < tol)
+    converged = check_tol & (rel_res <= tol)  # <=: with tol 0 an exact fixed point still stops the loop
     return jnp.select(
         [not_finite, blown_up, converged],
         [jnp.int32(NOT_FINITE), jnp.int32(DIVERGED), jnp.int32(CONVERGED)],
@@ -232,8 +233,8 @@ def picard_solve(
 ) -> SolverResult:
     """Plain fixed-point iteration ``X_{k+1} = f(X_k)`` from ``x0`` (R, ...).
 
-    Evaluation k records ||f(X_k) - X_k||; the loop stops when its relative value is < tol (checked
-    from the first evaluation on; tol = 0 runs all ``max_iter`` evaluations). ``solution`` is the last
+    Evaluation k records ||f(X_k) - X_k||; the loop stops when its relative value is <= tol (checked
+    from the first evaluation on; tol = 0 runs until the residual is exactly 0 or ``max_iter`` evaluations). ``solution`` is the last
     ``f(X_k)``, so DeqIR's triangular map is solved exactly after T evaluations.
     """
     _validate(x0, max_iter, 1, "picard_solve")

@@ -11,8 +11,11 @@ from __future__ import annotations
 import os
 import ml_collections
 
-from ircore import checkpoints, convert_cli, torch_convert
+from ircore import checkpoint_kinds, checkpoints, convert_cli, convert_source, torch_convert
 from deqir_jax.convert_keys import convert_prior_state_dict
+
+PACKAGE = "deqir_jax"
+EXPECTED = "a DeqIR prior (guided-diffusion UNet or DDPM)"
 
 
 def convert_checkpoint(
@@ -24,11 +27,26 @@ def convert_checkpoint(
 ) -> dict:
     """Reads ``src``, maps it strictly onto ``config.model`` and (if ``out`` is given) saves it with orbax.
 
-    Returns the Flax parameter tree (numpy float32 arrays). Raises ``ConversionError`` naming every
-    unused checkpoint key, every missing parameter and every shape mismatch.
+    Returns the Flax parameter tree (numpy float32 arrays). ``out`` is checked before ``src`` is read
+    (:func:`ircore.checkpoints.check_target`: never a folder holding files this program did not write, never
+    one containing ``src``). Raises ``ConversionError`` naming every unused checkpoint key, every missing
+    parameter, every shape mismatch and every non-finite tensor, or, for another package's weights, which
+    converter to use instead.
     """
-    state = torch_convert.load_torch_state_dict(src)
-    params = convert_prior_state_dict(state, config.model)
+    if not isinstance(config.get("model"), ml_collections.ConfigDict) or "arch" not in config.model:
+        raise ValueError("the config has no model.arch, so it is not a DeqIR model config: pass one of "
+                         "configs/deqir/models/*.py as --config")
+    convert_source.check_source(src)
+    if out is not None:
+        checkpoints.check_target(out, overwrite=overwrite, protect=(src,))
+    state = convert_source.read_state_dict(src)
+    try:
+        params = convert_prior_state_dict(state, config.model)
+    except torch_convert.ConversionError:
+        hint = checkpoint_kinds.wrong_package(src, state, PACKAGE, EXPECTED)
+        if hint is None:
+            raise
+        raise torch_convert.ConversionError(hint) from None
     if out is not None:
         checkpoints.save_params(
             out,

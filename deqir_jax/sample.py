@@ -16,8 +16,16 @@ the files of :mod:`deqir_jax.results` (``restored.png``, ``measurement.png``, ``
 also of the A^+ y baseline, iterations, residual history, NFE, wall time; ``convergence.png``). Compiled
 programs are kept in JAX's persistent cache (``--config.compilation_cache``: ``auto`` = a per-user folder, a
 path, or ``off``), so a second run skips compilation. ``output`` empty (the default) means a fresh
-``outputs/deqir/run-<date>-<time>`` folder; existing results are never overwritten unless
-``--config.overwrite``. :func:`restore_images` is the same from Python.
+``outputs/deqir/run-<date>-<time>`` folder (removed again if the run writes nothing).
+
+An image's folder appears only when complete: its files are written into a hidden ``.<name>.partial-<hex>``
+folder renamed into place at the end, and Ctrl-C is held back for that rename (exit 130 with one line saying
+how many images finished). A folder run into an existing ``output`` skips finished images (a folder with
+``metrics.json``) and redoes unfinished ones, so an interrupted run continues where it stopped; a single image
+whose results exist is refused. ``--config.overwrite=True`` redoes them, swapping a finished folder out only
+once the new one is complete; a result folder holding files this program did not write is refused, never
+deleted. Every check that can fail (config values, inputs, output folder, checkpoint) runs before the
+compute and is one line on stderr, exit 1. :func:`restore_images` is the same from Python.
 
 The steps: :func:`set_up` (prior, mesh, jitted restore function, operator, PRNG key: once per run), then per
 image :func:`restore_file` (:func:`measure` -> :func:`optimise_x_T` -> solve -> score) and
@@ -25,11 +33,17 @@ image :func:`restore_file` (:func:`measure` -> :func:`optimise_x_T` -> solve -> 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import difflib
+import os
 import pathlib
+import signal
 import sys
+import tempfile
+import threading
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -41,12 +55,18 @@ from tqdm import tqdm
 from deqir_jax import anderson, models, presets
 from deqir_jax import operators as ops
 from deqir_jax.restore import ChainSettings, RestoreOutput, make_init_opt_fn, make_restore_fn
-from deqir_jax.results import ImageResult, check_outputs_free, write_result
+from deqir_jax.results import ImageResult, folder_state, foreign_message, write_result, clean_staging
 from ircore import compile_cache, images, mesh, scoring
 
 DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "deqir" / "sr_bicubic_x4.py"
 DEFAULT_CONFIG_ARG = "embedded"
 DEFAULT_OUTPUT_PARENT = pathlib.Path("outputs") / "deqir"
+INIT_OPT_LOSSES = ("measurement", "reference", "oracle")
+SSIM_MIN_SIZE = 11  # dm-pix SSIM's 11x11 window (ircore.metrics.ssim)
+
+
+class Interrupted(Exception):
+    """Ctrl-C during a run: the message says how far it got and where the finished results are."""
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -56,8 +76,53 @@ def list_inputs(cfg: ml_collections.ConfigDict) -> list[pathlib.Path]:
         raise ValueError("no input given: set --config.input=IMAGE_OR_FOLDER")
     src = pathlib.Path(cfg.input)
     if not src.exists():
-        raise FileNotFoundError(f"input {src} does not exist")
+        raise FileNotFoundError(f"input {src} does not exist{_did_you_mean(src)}; check --config.input")
     return images.list_images(src) if src.is_dir() else [src]
+
+
+def _did_you_mean(path: pathlib.Path) -> str:
+    """`` (did you mean X?)`` for the closest existing name beside a missing ``path`` ('' when none is close)."""
+    parent = path.parent if str(path.parent) else pathlib.Path(".")
+    try:
+        names = [p.name for p in parent.iterdir()] if parent.is_dir() else []
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.75)
+    return f" (did you mean {parent / close[0]}?)" if close else ""
+
+
+def check_distinct_names(files: Sequence[pathlib.Path], output: str) -> None:
+    """ValueError (one line naming both files) when two inputs would write to the same ``<output>/<stem>/``
+    (``photo.png`` and ``photo.jpg``; compared ignoring case, as on macOS / Windows file systems)."""
+    seen: dict[str, pathlib.Path] = {}
+    where = pathlib.Path(output) if output else pathlib.Path("<run folder>")
+    for file in files:
+        key = file.stem.casefold()
+        if key in seen:
+            raise ValueError(f"{seen[key]} and {file} would both write to {where / file.stem}/; rename one of "
+                             f"them or restore them in separate runs")
+        seen[key] = file
+
+
+def check_output_writable(output: pathlib.Path) -> None:
+    """ValueError (one line) unless ``output`` is a folder, or can be made one, that this process can write."""
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"output {output} is a file; give a folder with --config.output=DIR")
+    base = output
+    while not base.exists():
+        if base.parent == base:
+            break
+        base = base.parent
+    if not base.is_dir():
+        raise ValueError(f"output {output} cannot be created: {base} is a file; choose another --config.output")
+    stat = base.stat()
+    try:  # a real probe: permission bits say nothing for root or on read-only file systems
+        probe = pathlib.Path(tempfile.mkdtemp(prefix=".deqir-write-check-", dir=base))
+    except OSError as err:
+        raise ValueError(f"cannot write to {base} ({err.strerror or err}); choose another --config.output") from None
+    probe.rmdir()
+    with contextlib.suppress(OSError):  # leave the folder's time stamps as they were
+        os.utime(base, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
 def prepare_image(img: np.ndarray, size: int, mode: str) -> np.ndarray:
@@ -76,6 +141,46 @@ def prepare_image(img: np.ndarray, size: int, mode: str) -> np.ndarray:
     resized = np.asarray(Image.fromarray(u8).resize((nw_, nh), Image.BICUBIC), np.float32) / 127.5 - 1.0
     top, left = (nh - size) // 2, (nw_ - size) // 2
     return resized[None, top : top + size, left : left + size]
+
+
+def _in_file(file: Any, check: Callable[[], Any]) -> Any:
+    """``check()``, its ValueError prefixed with the file it concerns (when the message lacks it)."""
+    try:
+        return check()
+    except ValueError as err:
+        message = " ".join(str(err).split())
+        raise ValueError(message if str(file) in message else f"{file}: {message}") from None
+
+
+def check_inputs(cfg: ml_collections.ConfigDict, op: ops.LinearOperator, files: Sequence[pathlib.Path]) -> None:
+    """Everything about the inputs that could fail an image, checked before the slow set-up and compute: each
+    file is readable and fits the operator / ``--config.resize``, the reference images are readable and of the
+    model's size, and images that will be scored are large enough for SSIM. One-line ValueError naming the file."""
+    size = int(cfg.image_size)
+    scored = not cfg.input_is_measurement or bool(cfg.reference)
+    if scored and size < SSIM_MIN_SIZE:
+        raise ValueError(f"--config.image_size={size} is smaller than SSIM's {SSIM_MIN_SIZE}x{SSIM_MIN_SIZE} window "
+                         f"(results are scored against the reference); use an image_size >= {SSIM_MIN_SIZE}")
+    if cfg.input_is_measurement and cfg.reference:
+        _in_file(cfg.reference, lambda: prepare_image(images.read_image(cfg.reference), size, "none"))
+    loss = cfg.init_opt.loss
+    if int(cfg.init_opt.steps) > 0:
+        if loss not in INIT_OPT_LOSSES:
+            raise ValueError(f"--config.init_opt.loss must be one of {', '.join(INIT_OPT_LOSSES)}, got {loss!r}")
+        if loss == "reference":
+            if not cfg.init_opt.reference:
+                raise ValueError("--config.init_opt.loss=reference needs --config.init_opt.reference=IMAGE")
+            _in_file(cfg.init_opt.reference,
+                     lambda: prepare_image(images.read_image(cfg.init_opt.reference), size, cfg.resize))
+        if loss == "oracle" and not scored:
+            raise ValueError("--config.init_opt.loss=oracle needs the ground truth: a clean input or "
+                             "--config.reference=IMAGE")
+    for file in files:
+        img = images.read_image(file)
+        if cfg.input_is_measurement:
+            _in_file(file, lambda: op.measurement_from_image(img))
+        else:
+            _in_file(file, lambda: prepare_image(img, size, cfg.resize))
 
 
 # ------------------------------------------------------------------------------------------ once per run
@@ -232,30 +337,120 @@ def restore_file(run: RunSetup, file: pathlib.Path, index: int, folder: pathlib.
 
 
 # ------------------------------------------------------------------------------------------ the loop
-def restore_images(cfg: ml_collections.ConfigDict, params: Any | None = None, *, progress: bool = True) -> list[dict]:
-    """Runs the preset on every input image; returns the record of each (also written to disk)."""
+class Plan(NamedTuple):
+    """Which images a run restores: ``todo`` (index among all inputs, file) and the ``skipped`` finished ones."""
+
+    todo: list[tuple[int, pathlib.Path]]
+    skipped: list[pathlib.Path]
+
+
+def plan_images(files: Sequence[pathlib.Path], output: str, overwrite: bool, single: bool) -> Plan:
+    """Splits the inputs into images to restore and finished ones to skip (a folder with ``metrics.json``; redone
+    with ``overwrite``). One line (FileExistsError) for a result folder holding files we did not write, and for
+    a single-image run whose result exists without ``overwrite`` (as the ResShift CLI)."""
+    if not output:  # a fresh run folder: nothing there yet
+        return Plan(list(enumerate(files)), [])
+    todo, skipped = [], []
+    for index, file in enumerate(files):
+        folder = pathlib.Path(output) / file.stem
+        state = folder_state(folder)
+        if state.finished and not overwrite:
+            if single:
+                raise FileExistsError(f"{folder} already holds the results of {file.name}; pass "
+                                      f"--config.overwrite=True to redo them")
+            skipped.append(file)
+        elif state.foreign:
+            raise FileExistsError(foreign_message(folder, state.foreign))
+        else:
+            todo.append((index, file))
+    return Plan(todo, skipped)
+
+
+@contextlib.contextmanager
+def run_folder(output: str) -> Iterator[pathlib.Path]:
+    """The run's output folder: ``output``, or a fresh ``outputs/deqir/run-<date>-<time>``. Folders this creates
+    are removed again at the end if they are still empty (a run that wrote nothing leaves nothing)."""
+    created, probe = [], pathlib.Path(output) if output else DEFAULT_OUTPUT_PARENT
+    while not probe.exists():
+        created.append(probe)
+        probe = probe.parent
+    root = pathlib.Path(output) if output else images.fresh_folder(DEFAULT_OUTPUT_PARENT)
+    created += [] if output else [root]
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        yield root
+    finally:
+        for folder in sorted(created, key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only succeeds when empty
+
+
+@contextlib.contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """Holds Ctrl-C (SIGINT) back until the block is done, then delivers it to the previous handler (the default
+    one raises KeyboardInterrupt). Outside the main thread (where signals cannot be handled) a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        if callable(previous):
+            previous(signal.SIGINT, None)
+        elif previous == signal.SIG_DFL:
+            raise KeyboardInterrupt
+
+
+def restore_images(cfg: ml_collections.ConfigDict, params: Any | None = None, *, progress: bool = True,
+                   log: Callable[[str], Any] = print) -> list[dict]:
+    """Runs the preset on every input image not finished yet; returns the record of each (also written to
+    disk, one folder per image, atomically). Every check that can fail runs before the set-up and compute.
+    Ctrl-C raises :class:`Interrupted` (finished images are kept; a rerun continues)."""
+    presets.check_config(cfg)
     files = list_inputs(cfg)
-    check_outputs_free(cfg.output, [file.stem for file in files], bool(cfg.overwrite))
+    check_distinct_names(files, cfg.output)
+    check_output_writable(pathlib.Path(cfg.output) if cfg.output else DEFAULT_OUTPUT_PARENT)
+    single = not pathlib.Path(cfg.input).is_dir()
+    plan = plan_images(files, cfg.output, bool(cfg.overwrite), single)
+    if plan.skipped:
+        log(f"skipped {len(plan.skipped)} finished image(s) (pass --config.overwrite=True to redo them)")
+    if not plan.todo:
+        return []
+    size = int(cfg.image_size)
+    check_inputs(cfg, presets.build_operator(cfg, (size, size)), [file for _, file in plan.todo])
     run = set_up(cfg, params)
-    # A fresh run folder only once the set-up has worked (a failed start leaves nothing behind).
-    out_root = pathlib.Path(cfg.output) if cfg.output else images.fresh_folder(DEFAULT_OUTPUT_PARENT)
-    records = []
-    for index, file in enumerate(tqdm(files, desc="deqir", unit="img", disable=not progress)):
-        folder = out_root / file.stem
-        result = restore_file(run, file, index, folder)
-        write_result(folder, result)
-        records.append(result.record)
+    records: list[dict] = []
+    with run_folder(cfg.output) as out_root:
+        clean_staging(out_root, [file.stem for _, file in plan.todo])
+        try:
+            for index, file in tqdm(plan.todo, desc="deqir", unit="img", disable=not progress):
+                folder = out_root / file.stem
+                result = restore_file(run, file, index, folder)
+                with sigint_deferred():  # an image's folder is renamed into place and counted, or neither
+                    write_result(folder, result)
+                    records.append(result.record)
+        except KeyboardInterrupt:
+            kept = (f"finished results are in {out_root}; rerun with --config.output={out_root} to continue"
+                    if records or plan.skipped else "nothing was written")
+            raise Interrupted(f"interrupted after {len(records)} of {len(plan.todo)} image(s); {kept}") from None
     return records
 
 
 def main(argv: list[str] | None = None) -> None:
     from absl import app, flags
-    from ml_collections import config_flags
 
+    from ircore import config_cli  # noqa: PLC0415 - CLI only
+
+    argv = sys.argv if argv is None else argv
     default = f"{DEFAULT_CONFIG}:{DEFAULT_CONFIG_ARG}" if DEFAULT_CONFIG.is_file() else None
-    config_flags.DEFINE_config_file("config", default,
-                                    "restoration preset (configs/deqir/<task>.py[:imagenet|celeba|embedded]); "
-                                    "default: the embedded SR x4 preset")
+    config_cli.define_config_flag("deqir_jax.sample", default=default, argv=argv,
+                                  help_string="restoration preset: a name (sr_x4, sr_x4:embedded, deblur_gauss:celeba; "
+                                  "configs/deqir/<task>.py[:imagenet|celeba|embedded]) or a config file path; "
+                                  "default: the embedded SR x4 preset")
 
     def run(_):
         from absl import logging  # noqa: PLC0415
@@ -270,7 +465,13 @@ def main(argv: list[str] | None = None) -> None:
         try:
             compile_cache.enable(cfg.get("compilation_cache", "auto"))
             records = restore_images(cfg)
-        except (ValueError, FileNotFoundError, FileExistsError, anderson.SolverDivergedError) as err:
+        except Interrupted as err:
+            print(f"deqir_jax.sample: {err}", file=sys.stderr)
+            sys.exit(130)
+        except KeyboardInterrupt:
+            print("deqir_jax.sample: interrupted before any image was restored; nothing was written", file=sys.stderr)
+            sys.exit(130)
+        except (ValueError, OSError, anderson.SolverDivergedError) as err:
             print(f"deqir_jax.sample: error: {' '.join(str(err).split())}", file=sys.stderr)
             sys.exit(1)
         for r in records:
@@ -283,7 +484,7 @@ def main(argv: list[str] | None = None) -> None:
         if cfg.get("score_lpips", True) and any("psnr" in r and r.get("lpips") is None for r in records):
             print("LPIPS not measured: install the lpips extra (pip install '.[lpips]')")
 
-    app.run(run, argv=argv)
+    app.run(run, argv=argv, flags_parser=config_cli.flags_parser("deqir_jax.sample"))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ The solver keeps ``E`` as a cache and each round
    row always freezes: its input was already frozen, so its new state is exact. The window then starts at
    the first live row.
 
-Stopping: every row frozen, or (``stop="residual"``) the joint relative residual ``||R|| / ||F||`` below
+Stopping: every row frozen, or (``stop="residual"``) the joint relative residual ``||R|| / ||F||`` at or below
 ``tol``, or (``stop="x0"``) the last row (x0, what the user gets) moved less than ``x0_tol`` (RMS) in a round
 whose window held every row that is not frozen (so no row's direction was extrapolated). A ``warm_start`` of S rounds first runs a coarse sequential chain on the same grid
 (one network call per block of about T/S rows, the direction held over the block: the S-step DDIM chain on
@@ -186,7 +186,7 @@ def triangular_solve(
         blown_up = abs_res > divergence_ratio * first_abs
         done = s_new >= T
         if stop == "residual":
-            done = done | (rel_res < tol)
+            done = done | (rel_res <= tol)
         else:
             # only in a round where every row past the frozen prefix was evaluated afresh (no extrapolated rows)
             done = done | ((dx0 <= x0_tol) & (s + window >= T) & (k >= 1))

@@ -233,6 +233,42 @@ class ResBlock(nn.Module):
         return skip + h
 
 
+def attention_implementation(dtype: Dtype, head_dim: int) -> str | None:
+    """The ``jax.nn.dot_product_attention`` backend for this platform, dtype and head size.
+
+    cuDNN flash attention on a GPU for 16-bit inputs with a head size it supports (a multiple of 8, at most
+    128); XLA otherwise (CPU, TPU, float32: the same arithmetic as an explicit softmax). Decided at trace time.
+    """
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    if jax.default_backend() == "gpu" and half and head_dim % 8 == 0 and head_dim <= 128:
+        return "cudnn"
+    return "xla"
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float,
+                          bias: jax.Array | None = None) -> jax.Array:
+    """softmax(scale * q k^T + bias) v with float32 logits and softmax, through ``jax.nn.dot_product_attention``.
+
+    Args:
+      q, k, v: (B, T, heads, head_dim) (k, v with S tokens), one dtype.
+      scale: multiplies the float32 logits.
+      bias: broadcastable to (B, heads, T, S), added to the scaled logits, or None.
+
+    Returns:
+      (B, T, heads, head_dim) in the input dtype.
+    """
+    if not q.ndim == k.ndim == v.ndim == 4:
+        raise ValueError(f"attention expects (B, T, heads, head_dim) q/k/v, got {q.shape}, {k.shape}, {v.shape}")
+    implementation = attention_implementation(q.dtype, q.shape[-1])
+    if q.dtype == jnp.float16 and jax.default_backend() == "cpu":  # XLA:CPU has no float16 -> float32 dot
+        out = dot_product_attention(q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32),
+                                    scale=scale, bias=bias)
+        return out.astype(jnp.float16)
+    if bias is not None:  # XLA adds it to the float32 logits; cuDNN wants it in the input dtype
+        bias = bias.astype(q.dtype if implementation == "cudnn" else jnp.float32)
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, scale=scale, implementation=implementation)
+
+
 def qkv_attention(qkv: jax.Array, num_heads: int, *, legacy_order: bool) -> jax.Array:
     """Multi-head dot-product attention over tokens from a fused projection.
 
@@ -243,8 +279,8 @@ def qkv_attention(qkv: jax.Array, num_heads: int, *, legacy_order: bool) -> jax.
       num_heads: number of heads.
 
     Returns:
-      (B, T, num_heads * ch), channels (head, ch). Both q and k are scaled by ``ch ** -0.25``; the
-      softmax runs in float32 and is cast back to the input dtype.
+      (B, T, num_heads * ch), channels (head, ch). Both q and k are scaled by ``ch ** -0.25`` (as in
+      guided-diffusion); logits and softmax in float32 (:func:`dot_product_attention`), cast back to the input dtype.
     """
     b, t, width = qkv.shape
     if width % (3 * num_heads):
@@ -256,10 +292,8 @@ def qkv_attention(qkv: jax.Array, num_heads: int, *, legacy_order: bool) -> jax.
     else:
         parts = qkv.reshape(b, t, 3, num_heads, ch)
         q, k, v = parts[:, :, 0], parts[:, :, 1], parts[:, :, 2]
-    scale = 1.0 / math.sqrt(math.sqrt(ch))
-    logits = jnp.einsum("bthc,bshc->bhts", q * scale, k * scale)
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(qkv.dtype)
-    out = jnp.einsum("bhts,bshc->bthc", weights, v)
+    scale = jnp.asarray(1.0 / math.sqrt(math.sqrt(ch)), qkv.dtype)
+    out = dot_product_attention(q * scale, k * scale, v, scale=1.0)
     return out.reshape(b, t, num_heads * ch)
 
 

@@ -25,9 +25,8 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 
 import jax
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-from ircore import data, files
+from ircore import config_cli, data, files
 from ircore.checkpoints import export_ema
 from ircore.mesh import initialize_distributed
 from ircore.trainer import CHECKPOINT_DIR, EXIT_CODES, Stopped, Trainer, TrainSetupError, TrainState, check_train_config
@@ -223,7 +222,9 @@ def train_cli(train_fn: Callable[..., Any], *, config_help: str, errors: tuple, 
     """``python -m <task>.train --config FILE --workdir DIR [--export DIR [--overwrite]]``: runs
     ``train_fn(cfg, workdir, export=..., overwrite=...)`` after ``jax.distributed`` set-up; ``errors`` are
     reported as one line (exit status 1)."""
-    config_flag = config_flags.DEFINE_config_file("config", None, config_help, lock_config=True)
+    prog = f"{config_cli.module_name(train_fn).split('.')[0]}.train"
+    config_flag = config_cli.define_config_flag(prog, help_string=f"{config_help}: a preset name or a file path",
+                                                argv=argv)
     workdir_flag = flags.DEFINE_string("workdir", None, "folder for checkpoints and logs (resumes if present)")
     export_flag = flags.DEFINE_string("export", None, "write the final EMA parameters to this folder")
     overwrite_flag = flags.DEFINE_bool("overwrite", False, "replace an existing --export folder")
@@ -236,4 +237,4 @@ def train_cli(train_fn: Callable[..., Any], *, config_help: str, errors: tuple, 
         run_reporting(lambda: train_fn(config_flag.value, workdir_flag.value, export=export_flag.value,
                                        overwrite=overwrite_flag.value), errors, workdir_flag.value)
 
-    app.run(run, argv=argv)
+    app.run(run, argv=argv, flags_parser=config_cli.flags_parser(prog))

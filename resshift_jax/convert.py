@@ -23,10 +23,12 @@ from typing import Any, Mapping
 import ml_collections
 import numpy as np
 
-from ircore import checkpoints, convert_cli, torch_convert
+from ircore import checkpoint_kinds, checkpoints, convert_cli, convert_source, torch_convert
 from resshift_jax import convert_keys
 
 PARTS = ("unet", "autoencoder")
+PACKAGE = "resshift_jax"
+EXPECTED = "a ResShift UNet or VQ autoencoder"
 
 
 def detect_part(state: Mapping[str, Any]) -> str:
@@ -58,6 +60,21 @@ def convert_part_state_dict(state: Mapping[str, np.ndarray], config: ml_collecti
     return convert_keys.convert_vq_state_dict(state, section(config, part))
 
 
+_PART_OF_KIND = {checkpoint_kinds.RESSHIFT_UNET: "unet", checkpoint_kinds.RESSHIFT_VQ: "autoencoder"}
+
+
+def _foreign(src: str | os.PathLike, state: Mapping[str, Any], part: str = "auto"
+             ) -> torch_convert.ConversionError | None:
+    """A clearer error than the key lists when ``state`` holds another package's weights ("did you mean
+    deqir_jax.convert") or the other ResShift network than ``part`` ("pass --part ..."), else None."""
+    hint = checkpoint_kinds.wrong_package(src, state, PACKAGE, EXPECTED)
+    kind = checkpoint_kinds.guess_kind(state)
+    if hint is None and part in PARTS and _PART_OF_KIND.get(kind, part) != part:
+        hint = (f"{os.fspath(src)} looks like {kind.name} checkpoint, but --part {part} was given; pass "
+                f"--part {_PART_OF_KIND[kind]} or leave --part out")
+    return None if hint is None else torch_convert.ConversionError(hint)
+
+
 def convert_checkpoint(
     src: str | os.PathLike,
     config: ml_collections.ConfigDict,
@@ -71,15 +88,30 @@ def convert_checkpoint(
 
     ``part``: ``"unet"``, ``"autoencoder"`` or ``"auto"`` (recognised from the keys). The metadata records the
     source file, the part, the config name and the network's config section. Returns the parameter tree
-    (numpy float32). Raises ``ConversionError`` for any key / shape problem, ``FileExistsError`` if ``out``
-    exists and ``overwrite`` is False.
+    (numpy float32). ``out`` is checked before ``src`` is read (:func:`ircore.checkpoints.check_target`).
+    Raises ``ConversionError`` for any key / shape / non-finite problem (naming the right converter when
+    ``src`` holds DeqIR weights), ``FileExistsError`` if ``out`` exists and ``overwrite`` is False or if it
+    holds files this program did not write.
     """
-    state = torch_convert.load_torch_state_dict(src)
-    if part == "auto":
-        part = detect_part(state)
-    elif part not in PARTS:
+    if part != "auto" and part not in PARTS:
         raise ValueError(f"part must be 'auto' or one of {PARTS}, got {part!r}")
-    params = convert_part_state_dict(state, config, part)
+    if isinstance(config.get("model"), ml_collections.ConfigDict) and "arch" in config.model:
+        raise ValueError("the config has model.arch, so it is a DeqIR model config, not a ResShift one: pass one "
+                         "of configs/resshift/*.py as --config")
+    convert_source.check_source(src)
+    if out is not None:
+        checkpoints.check_target(out, overwrite=overwrite, protect=(src,))
+    state = convert_source.read_state_dict(src)
+    try:
+        if part == "auto":
+            part = detect_part(state)
+        params = convert_part_state_dict(state, config, part)
+    except torch_convert.ConversionError as err:
+        raise _foreign(src, state, part) or err from None
+    except ValueError as err:  # detect_part: neither a UNet nor an autoencoder
+        if "cannot tell" not in str(err):
+            raise
+        raise _foreign(src, state) or err from None
     if out is not None:
         metadata = {
             "source": os.fspath(src),

@@ -10,7 +10,9 @@ It does what the official ``ResShiftSampler.inference`` / ``sample_func`` do, fo
 2. **Chopping**: if h or w exceeds ``tile_size`` (LQ pixels), the image is cut into ``tile_size`` tiles that
    overlap by ``tile_overlap`` (official ``ImageSpliterTh``: stride = tile - overlap, last tile aligned to the
    border); overlapping outputs are averaged uniformly (official) or with Gaussian weights. Tiles are run
-   ``batch_size`` at a time in one ``lax.scan`` (:func:`resshift_jax.tiling.tiled_apply`). Official defaults:
+   ``batch_size`` at a time in one ``lax.scan`` (:func:`resshift_jax.tiling.tiled_apply`), or, with an
+   ``on_tile`` progress callback, one compiled call per ``batch_size`` tiles from Python
+   (:func:`resshift_jax.tiling.tiled_apply_stepwise`; same result). Official defaults:
    ``tile_size = 512 * (4 // sf)``, overlap ``64 * (4 // sf)`` (chop 512 / stride 448 at x4).
 3. **Per tile** (``diffusion.restore_lq``, the official ``sample_func``): reflect padding at the bottom/right to
    a multiple of ``config.padding_offset`` (= the UNet's ``lq_size``; note that PyTorch's reflect padding
@@ -119,6 +121,15 @@ class Restorer:
     mask_back: bool
     tile_size: int
     tile_overlap: int
+    batch_size: int = 1
+    weighting: str = "uniform"
+    prepare_fn: Optional[Callable] = None
+    chunk_fn: Optional[Callable] = None
+    finish_fn: Optional[Callable] = None
+
+    def tile_count(self, height: int, width: int) -> int:
+        """How many tiles an LQ image of ``height`` x ``width`` is cut into (1: no tiling)."""
+        return tiling.tile_count(height, width, self.tile_size, self.tile_overlap)
 
     def __call__(
         self,
@@ -129,6 +140,7 @@ class Restorer:
         *,
         mask: Optional[Array] = None,
         noises: Optional[tuple[Array, Array]] = None,
+        on_tile: Optional[tiling.OnTile] = None,
     ) -> Array:
         """LQ image(s) (B, h, w, 3) in [-1, 1] -> restored (B, sf*h, sf*w, 3) in [-1, 1], any h, w.
 
@@ -151,7 +163,13 @@ class Restorer:
             key = jax.random.key(0)  # unused: every noise is given
         if noises is not None:
             noises = (jnp.asarray(noises[0], jnp.float32), jnp.asarray(noises[1], jnp.float32))
-        return self.fn(unet_params, vq_params, lq, mask, key, noises)
+        if on_tile is None or self.chunk_fn is None or self.tile_count(lq.shape[1], lq.shape[2]) == 1:
+            return self.fn(unet_params, vq_params, lq, mask, key, noises)
+        out = tiling.tiled_apply_stepwise(
+            lambda x, origins, index: self.chunk_fn(unet_params, vq_params, x, origins, index, key),
+            self.prepare_fn(lq, mask), tile_size=self.tile_size, overlap=self.tile_overlap,
+            batch_size=self.batch_size, weighting=self.weighting, on_tile=on_tile)
+        return self.finish_fn(out, lq, mask)
 
     def check_mask(self, has_mask: bool) -> None:
         """One-line ValueError unless a mask is given exactly for an inpainting model (``model.cond_mask``)."""
@@ -198,40 +216,56 @@ def make_restorer(cfg: ml_collections.ConfigDict) -> Restorer:
     sf, steps = sched.sf, sched.num_timesteps
     f, channels = (1, net.in_channels) if pixel_space else (ae.downsampling_factor, ae.embed_dim)
 
-    def fn(unet_params, vq_params, lq, mask, key, noises):
-        batch = lq.shape[0]
-        if mask is not None:
-            known = (mask.astype(lq.dtype) + 1.0) * 0.5  # 1 = unknown, 0 = known
-            lq_in = lq * (1.0 - known) - known if mask_lq else lq
-            x = jnp.concatenate([lq_in, mask.astype(lq.dtype)], axis=-1)
-        else:
-            x = lq
-        model_fn = networks.model_fn(net, unet_params, sched, pixel_space=pixel_space)
-        encode, decode = networks.first_stage(ae, vq_params)
+    def prepare(lq, mask):
+        """The network input: the LQ, or for inpainting the (masked) LQ with the mask as a fourth channel."""
+        if mask is None:
+            return lq
+        known = (mask.astype(lq.dtype) + 1.0) * 0.5  # 1 = unknown, 0 = known
+        lq_in = lq * (1.0 - known) - known if mask_lq else lq
+        return jnp.concatenate([lq_in, mask.astype(lq.dtype)], axis=-1)
 
-        def per_tile(tiles, call_index):
-            y, m = (tiles[..., :3], tiles[..., 3:]) if mask is not None else (tiles, None)
-            n_tiles = tiles.shape[0] // batch
-            ph = math.ceil(tiles.shape[1] / offset) * offset
-            pw = math.ceil(tiles.shape[2] / offset) * offset
-            latent = (batch, ph * sf // f, pw * sf // f, channels)
-            if noises is not None:
-                noise_T, step_noises = noises
-            else:
-                drawn = [draw_noises(jax.random.fold_in(key, call_index * batch_size + k), latent, steps)
-                         for k in range(n_tiles)]
-                noise_T = jnp.concatenate([d[0] for d in drawn], axis=0)
-                step_noises = jnp.concatenate([d[1] for d in drawn], axis=1)
-            return dif.restore_lq(model_fn, sched, y, encode_fn=encode, decode_fn=decode, noise_T=noise_T,
-                                  step_noises=step_noises, cond=(y, m), pad_multiple=offset, clamp=True)
-
-        out = tiling.tiled_apply(per_tile, x, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
-                                 weighting=weighting, with_index=True)
+    def finish(out, lq, mask):
         if mask is not None and mask_back:
             known = (mask.astype(out.dtype) + 1.0) * 0.5
             out = out * known + lq.astype(out.dtype) * (1.0 - known)
         return jnp.clip(out, -1.0, 1.0)
 
+    def per_tile(unet_params, vq_params, tiles, call_index, key, noises, batch):
+        """Restores (n_tiles * batch, th, tw, 3 or 4) tiles; tile k of the call gets noise index
+        call_index * batch_size + k."""
+        model_fn = networks.model_fn(net, unet_params, sched, pixel_space=pixel_space)
+        encode, decode = networks.first_stage(ae, vq_params)
+        y, m = (tiles[..., :3], tiles[..., 3:]) if tiles.shape[-1] == 4 else (tiles, None)
+        n_tiles = tiles.shape[0] // batch
+        ph = math.ceil(tiles.shape[1] / offset) * offset
+        pw = math.ceil(tiles.shape[2] / offset) * offset
+        latent = (batch, ph * sf // f, pw * sf // f, channels)
+        if noises is not None:
+            noise_T, step_noises = noises
+        else:
+            drawn = [draw_noises(jax.random.fold_in(key, call_index * batch_size + k), latent, steps)
+                     for k in range(n_tiles)]
+            noise_T = jnp.concatenate([d[0] for d in drawn], axis=0)
+            step_noises = jnp.concatenate([d[1] for d in drawn], axis=1)
+        return dif.restore_lq(model_fn, sched, y, encode_fn=encode, decode_fn=decode, noise_T=noise_T,
+                              step_noises=step_noises, cond=(y, m), pad_multiple=offset, clamp=True)
+
+    def fn(unet_params, vq_params, lq, mask, key, noises):
+        """The whole restoration in one program (tiles in a ``lax.scan``)."""
+        x = prepare(lq, mask)
+        out = tiling.tiled_apply(lambda tiles, i: per_tile(unet_params, vq_params, tiles, i, key, noises,
+                                                           lq.shape[0]),
+                                 x, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
+                                 weighting=weighting, with_index=True)
+        return finish(out, lq, mask)
+
+    def chunk(unet_params, vq_params, x, origins, call_index, key):
+        """One call of :func:`resshift_jax.tiling.tiled_apply_stepwise`: the tiles of ``x`` at ``origins``."""
+        th, tw = min(tile_size, x.shape[1]), min(tile_size, x.shape[2])
+        tiles = tiling.gather_tiles(x, origins, th, tw)
+        return per_tile(unet_params, vq_params, tiles, call_index, key, None, x.shape[0])
+
     return Restorer(fn=jax.jit(fn), name=str(cfg.get("name", "")), sf=int(cfg.diffusion.sf),
                     cond_mask=bool(cfg.model.get("cond_mask", False)), mask_back=mask_back,
-                    tile_size=tile_size, tile_overlap=overlap)
+                    tile_size=tile_size, tile_overlap=overlap, batch_size=batch_size, weighting=weighting,
+                    prepare_fn=jax.jit(prepare), chunk_fn=jax.jit(chunk), finish_fn=jax.jit(finish))

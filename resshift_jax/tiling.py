@@ -11,18 +11,24 @@ Semantics follow the official ResShift chopping (``ImageSpliterTh`` + ``ResShift
   ``padding_offset`` and crops the output back (:func:`pad_image_to_multiple`, :func:`with_padding`).
 
 Everything is static-shape: tiles are gathered with ``lax.dynamic_slice`` and processed ``batch_size`` tiles
-at a time inside one ``lax.scan`` (the per-tile function is traced once), outputs are accumulated in place and
-divided by the precomputed weight sum. Arrays are NHWC.
+at a time, outputs are accumulated in place and divided by the precomputed weight sum. Arrays are NHWC. Two
+drivers, same tiles, same noise indices, same blending:
+
+* :func:`tiled_apply`: one ``lax.scan`` over the calls (the per-tile function is traced once); it can run inside
+  ``jax.jit``, so nothing can be reported while it runs;
+* :func:`tiled_apply_stepwise`: a Python loop with one call of a (caller-jitted) chunk function per
+  ``batch_size`` tiles, and ``on_tile(done, total)`` after each, for a progress bar and a time estimate.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 TileFn = Callable[..., jax.Array]
+OnTile = Callable[[int, int], None]  # on_tile(tiles done, tiles in all)
 PAD_MODES = {"reflect": "reflect", "replicate": "edge", "edge": "edge", "symmetric": "symmetric",
              "constant": "constant"}
 
@@ -116,6 +122,65 @@ def blend_weights(
     return maps / total, origins
 
 
+def tile_count(height: int, width: int, tile_size: int, overlap: int) -> int:
+    """How many tiles :func:`tile_grid` cuts an image of ``height`` x ``width`` into."""
+    return len(tile_grid(height, width, tile_size, overlap)[0])
+
+
+def _calls(origins: list[tuple[int, int]], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Tile origins grouped ``batch_size`` per call, (n_calls, batch_size, 2) int32, and which are real tiles
+    (n_calls, batch_size) bool: the last call is filled up with repeats of the last tile, weighted 0."""
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    n_calls = -(-len(origins) // batch_size)
+    padded = origins + [origins[-1]] * (n_calls * batch_size - len(origins))
+    starts = np.array(padded, dtype=np.int32).reshape(n_calls, batch_size, 2)
+    valid = (np.arange(n_calls * batch_size) < len(origins)).reshape(n_calls, batch_size)
+    return starts, valid
+
+
+def gather_tiles(x: jax.Array, origins: jax.Array, tile_h: int, tile_w: int) -> jax.Array:
+    """The (k*B, tile_h, tile_w, C) tiles of ``x`` (B, H, W, C) at ``origins`` (k, 2), tile-major (traceable)."""
+    batch, channels = x.shape[0], x.shape[3]
+    return jnp.concatenate(
+        [jax.lax.dynamic_slice(x, (0, origins[k, 0], origins[k, 1], 0), (batch, tile_h, tile_w, channels))
+         for k in range(origins.shape[0])], axis=0)
+
+
+def _add_tiles(acc: jax.Array, out: jax.Array, origins: jax.Array, keep: jax.Array, weight: jax.Array,
+               scale: int) -> jax.Array:
+    """``acc`` plus the weighted tile outputs ``out`` (k*B, th*s, tw*s, C) placed at ``origins`` * scale."""
+    batch = acc.shape[0]
+    size = (batch, out.shape[1], out.shape[2], out.shape[3])
+    for k in range(origins.shape[0]):
+        pos = (0, origins[k, 0] * scale, origins[k, 1] * scale, 0)
+        contrib = out[k * batch:(k + 1) * batch].astype(acc.dtype) * weight * keep[k].astype(acc.dtype)
+        acc = jax.lax.dynamic_update_slice(acc, jax.lax.dynamic_slice(acc, pos, size) + contrib, pos)
+    return acc
+
+
+_add_tiles_jit = jax.jit(_add_tiles, static_argnames=("scale",))
+
+
+def _weights(height: int, width: int, origins: list[tuple[int, int]], th: int, tw: int, scale: int,
+             weighting: str, gaussian_sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """(one tile's weight (th*s, tw*s), their sum over the output grid (H*s, W*s)), float64."""
+    weight = tile_weight(th * scale, tw * scale, weighting, gaussian_sigma)
+    total = np.zeros((height * scale, width * scale))
+    for r, c in origins:
+        total[r * scale:(r + th) * scale, c * scale:(c + tw) * scale] += weight
+    return weight, total
+
+
+def _scale_of(out_shape: tuple[int, ...], n: int, th: int, tw: int) -> int:
+    if len(out_shape) != 4 or out_shape[0] != n:
+        raise ValueError(f"tile function must return (N, h, w, c) with N = {n}, got {tuple(out_shape)}")
+    scale = out_shape[1] // th
+    if out_shape[1] != th * scale or out_shape[2] != tw * scale or scale < 1:
+        raise ValueError(f"tile output {tuple(out_shape[1:3])} is not an integer multiple of tile ({th}, {tw})")
+    return scale
+
+
 def tiled_apply(
     fn: TileFn,
     x: jax.Array,
@@ -137,51 +202,71 @@ def tiled_apply(
     """
     if x.ndim != 4:
         raise ValueError(f"tiled_apply expects NHWC (4 dims), got shape {x.shape}")
-    if int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     batch, height, width, channels = x.shape
     origins, th, tw = tile_grid(height, width, tile_size, overlap)
+    starts_np, valid_np = _calls(origins, batch_size)
     call = (lambda tiles, i: fn(tiles, i)) if with_index else (lambda tiles, i: fn(tiles))
     if len(origins) == 1:
         return call(x, jnp.int32(0))
 
-    n_calls = -(-len(origins) // batch_size)
-    padded = origins + [origins[-1]] * (n_calls * batch_size - len(origins))  # repeats get weight 0
-    starts = jnp.asarray(np.array(padded, dtype=np.int32).reshape(n_calls, batch_size, 2))
-    valid = jnp.asarray((np.arange(n_calls * batch_size) < len(origins)).reshape(n_calls, batch_size))
-
     probe = jax.ShapeDtypeStruct((batch_size * batch, th, tw, channels), x.dtype)
     out_struct = jax.eval_shape(call, probe, jax.ShapeDtypeStruct((), jnp.int32))
-    if out_struct.ndim != 4 or out_struct.shape[0] != batch_size * batch:
-        raise ValueError(f"tile function must return (N, h, w, c) with N = {batch_size * batch}, "
-                         f"got {out_struct.shape}")
-    scale = out_struct.shape[1] // th
-    if out_struct.shape[1] != th * scale or out_struct.shape[2] != tw * scale or scale < 1:
-        raise ValueError(f"tile output {out_struct.shape[1:3]} is not an integer multiple of tile ({th}, {tw})")
+    scale = _scale_of(out_struct.shape, batch_size * batch, th, tw)
     out_channels = out_struct.shape[3]
     acc_dtype = jnp.promote_types(out_struct.dtype, jnp.float32)
-
-    weight = tile_weight(th * scale, tw * scale, weighting, gaussian_sigma)
-    total = np.zeros((height * scale, width * scale))
-    for r, c in origins:
-        total[r * scale:(r + th) * scale, c * scale:(c + tw) * scale] += weight
+    weight, total = _weights(height, width, origins, th, tw, scale, weighting, gaussian_sigma)
     weight_j = jnp.asarray(weight, acc_dtype)[None, :, :, None]
 
     def body(acc, xs):
         index, origin, keep = xs
-        tiles = jnp.concatenate(
-            [jax.lax.dynamic_slice(x, (0, origin[k, 0], origin[k, 1], 0), (batch, th, tw, channels))
-             for k in range(batch_size)], axis=0)
-        out = call(tiles, index).astype(acc_dtype)
-        for k in range(batch_size):
-            pos = (0, origin[k, 0] * scale, origin[k, 1] * scale, 0)
-            size = (batch, th * scale, tw * scale, out_channels)
-            contrib = out[k * batch:(k + 1) * batch] * weight_j * keep[k].astype(acc_dtype)
-            acc = jax.lax.dynamic_update_slice(acc, jax.lax.dynamic_slice(acc, pos, size) + contrib, pos)
-        return acc, None
+        out = call(gather_tiles(x, origin, th, tw), index)
+        return _add_tiles(acc, out, origin, keep, weight_j, scale), None
 
     init = jnp.zeros((batch, height * scale, width * scale, out_channels), acc_dtype)
-    indices = jnp.arange(n_calls, dtype=jnp.int32)
-    acc, _ = jax.lax.scan(body, init, (indices, starts, valid))
+    indices = jnp.arange(len(starts_np), dtype=jnp.int32)
+    acc, _ = jax.lax.scan(body, init, (indices, jnp.asarray(starts_np), jnp.asarray(valid_np)))
     out = acc / jnp.asarray(total, acc_dtype)[None, :, :, None]
     return out.astype(out_struct.dtype)
+
+
+def tiled_apply_stepwise(
+    run: Callable[[jax.Array, jax.Array, jax.Array], jax.Array],
+    x: jax.Array,
+    *,
+    tile_size: int,
+    overlap: int,
+    batch_size: int = 1,
+    weighting: Literal["uniform", "gaussian"] = "uniform",
+    gaussian_sigma: float = 0.1,
+    on_tile: Optional[OnTile] = None,
+) -> jax.Array:
+    """:func:`tiled_apply` (``with_index=True``) driven from Python, one call per ``batch_size`` tiles.
+
+    ``run(x, origins, call_index)`` returns the outputs (batch_size*B, th*s, tw*s, C) of the tiles of ``x`` at
+    ``origins`` ((batch_size, 2) int32; :func:`gather_tiles` cuts them), call ``call_index`` (int32 scalar);
+    jit it once (origins and index as arguments), so every call reuses one compiled program. After each call
+    the result is waited for and ``on_tile(tiles done, tiles in all)`` is called. Not traceable (it loops in
+    Python); call it outside ``jax.jit``. Returns (B, H*s, W*s, C), as :func:`tiled_apply` (also for one tile).
+    """
+    if x.ndim != 4:
+        raise ValueError(f"tiled_apply_stepwise expects NHWC (4 dims), got shape {x.shape}")
+    batch, height, width, _ = x.shape
+    origins, th, tw = tile_grid(height, width, tile_size, overlap)
+    starts, valid = _calls(origins, batch_size)
+    acc = total = weight_j = None
+    scale = 1
+    for index, (origin, keep) in enumerate(zip(starts, valid)):
+        out = run(x, jnp.asarray(origin), jnp.int32(index))
+        if acc is None:
+            scale = _scale_of(out.shape, batch_size * batch, th, tw)
+            acc_dtype = jnp.promote_types(out.dtype, jnp.float32)
+            weight, total = _weights(height, width, origins, th, tw, scale, weighting, gaussian_sigma)
+            weight_j = jnp.asarray(weight, acc_dtype)[None, :, :, None]
+            acc = jnp.zeros((batch, height * scale, width * scale, out.shape[3]), acc_dtype)
+            out_dtype = out.dtype
+        acc = _add_tiles_jit(acc, out, jnp.asarray(origin), jnp.asarray(keep), weight_j, scale=scale)
+        if on_tile is not None:
+            jax.block_until_ready(acc)
+            on_tile(min((index + 1) * batch_size, len(origins)), len(origins))
+    out = acc / jnp.asarray(total, acc.dtype)[None, :, :, None]
+    return out.astype(out_dtype)

@@ -109,9 +109,11 @@ def test_picard_exact_on_triangular_map():
         prev = jnp.concatenate([jnp.zeros((1, D), X.dtype), X[:-1]], axis=0)
         return jnp.sin(3.0 * prev) + c
 
-    res = anderson.picard_solve(f, jnp.zeros((R, D), jnp.float32), max_iter=R + 2)
+    res = anderson.picard_solve(f, jnp.zeros((R, D), jnp.float32), max_iter=R + 2)  # tol 0
     hist = np.asarray(res.abs_residuals)
-    assert np.all(hist[R:] == 0.0) and hist[R - 1] > 0
+    # the residual is exactly 0 at evaluation R + 1: converged there even with tol 0 (not max_iter)
+    assert int(res.status) == anderson.CONVERGED and int(res.n_evals) == R + 1
+    assert hist[R] == 0.0 and hist[R - 1] > 0 and np.isnan(hist[R + 1])
     assert float(jnp.max(jnp.abs(f(res.solution) - res.solution))) == 0.0
     early = anderson.picard_solve(f, jnp.zeros((R, D), jnp.float32), tol=1e-30, max_iter=R + 2)
     assert int(early.status) == anderson.CONVERGED and int(early.n_evals) == R + 1
@@ -145,6 +147,20 @@ def test_nan_stops_immediately():
         anderson.check_result(res)
     res = anderson.picard_solve(f, jnp.ones((R, D), jnp.float32), max_iter=15)
     assert int(res.status) == anderson.NOT_FINITE and int(res.n_evals) == 1
+
+
+@pytest.mark.parametrize("solver", ["anderson", "picard"])
+def test_tol_zero_stops_at_an_exact_fixed_point(solver):
+    """A residual <= tol counts as converged: with tol 0 a map whose fixed point is reached exactly stops there
+    (Anderson checks from its third evaluation on, Picard from its first) instead of running max_iter."""
+    f = lambda x: jnp.zeros_like(x)  # noqa: E731 - reached exactly after one evaluation
+    solve = anderson.anderson_solve if solver == "anderson" else anderson.picard_solve
+    res = solve(f, jnp.ones((R, D), jnp.float32), tol=0.0, max_iter=10)
+    assert int(res.status) == anderson.CONVERGED
+    n = int(res.n_evals)
+    assert n == (3 if solver == "anderson" else 2)
+    assert float(res.residuals[n - 1]) == 0.0 and float(res.abs_residuals[n - 1]) == 0.0
+    anderson.check_result(res, require_convergence=True)
 
 
 def test_max_iter_status_and_check_result():

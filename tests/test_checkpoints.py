@@ -2,6 +2,8 @@
 restorable) and training checkpoints (interval, keep, sharded restore, meta record, EMA export)."""
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -69,13 +71,14 @@ def test_missing_and_foreign_paths(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def _fail_final_rename(monkeypatch, name: str):
-    """Makes orbax fail exactly when it would rename the finished temporary directory to ``name``."""
+def _fail_final_rename(monkeypatch, prefix: str):
+    """Makes orbax fail exactly when it would rename a finished temporary directory to a name starting with
+    ``prefix`` (save_params stages every checkpoint as ``<name>.new-<token>`` before renaming it into place)."""
     cls = ocp.path.atomicity.AtomicRenameTemporaryPath
     original = cls.finalize
 
     async def finalize(self, *args, **kwargs):
-        if self._final_path.name == name:
+        if self._final_path.name.startswith(prefix):
             raise RuntimeError("simulated crash before the final rename")
         return await original(self, *args, **kwargs)
 
@@ -84,7 +87,12 @@ def _fail_final_rename(monkeypatch, name: str):
 
 def test_interrupted_write_is_never_restorable(tmp_path, monkeypatch):
     path = tmp_path / "ckpt"
-    _fail_final_rename(monkeypatch, "ckpt")
+    _fail_final_rename(monkeypatch, "ckpt.new-")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        checkpoints.save_params(path, _params(), {"a": 1})
+    assert list(tmp_path.iterdir()) == []  # a failed save cleans up its staging folders
+    # a kill gets no chance to clean up: the leftovers are never restorable and never at ``path``
+    monkeypatch.setattr(checkpoints.shutil, "rmtree", lambda *a, **k: None)
     with pytest.raises(RuntimeError, match="simulated crash"):
         checkpoints.save_params(path, _params(), {"a": 1})
     monkeypatch.undo()
@@ -94,7 +102,7 @@ def test_interrupted_write_is_never_restorable(tmp_path, monkeypatch):
     leftovers = [p for p in tmp_path.iterdir()]
     assert leftovers, "orbax should have left its temporary directory"
     for leftover in leftovers:  # everything was written, but the directory was never finalized
-        assert (leftover / "params").is_dir()
+        assert leftover.name.startswith("ckpt.new-") and (leftover / "params").is_dir()
         with pytest.raises(ValueError, match="incomplete checkpoint"):
             checkpoints.restore_params(leftover)
     # a later save to the same path succeeds
@@ -121,6 +129,101 @@ def test_interrupted_overwrite_keeps_old_checkpoint(tmp_path, monkeypatch):
     _assert_same(checkpoints.restore_params(path), _params())
     assert checkpoints.restore_metadata(path) == {"version": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+# ----------------------------------------------------------------------------------------------- ownership
+def _tree(root) -> dict:
+    """Every file under ``root`` with its bytes: what a refused save must leave unchanged."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_manifest_names_what_was_written(tmp_path):
+    path = checkpoints.save_params(tmp_path / "ckpt", _params(), {"v": 1})
+    manifest = json.loads((path / checkpoints.MANIFEST).read_text())
+    assert manifest["writer"] == checkpoints.WRITER
+    assert set(manifest["entries"]) == {p.name for p in path.iterdir()} - {checkpoints.MANIFEST}
+    assert {"params", "metadata"} <= set(manifest["entries"])
+    assert checkpoints.foreign_entries(path) == []
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_folder_with_foreign_files_is_never_replaced(tmp_path, overwrite):
+    path = checkpoints.save_params(tmp_path / "ckpt", _params(), {"v": 1})
+    (path / "notes.txt").write_text("mine")
+    (path / "params" / "extra.bin").write_bytes(b"x")  # inside an item of ours: replaced with the item
+    before = _tree(tmp_path)
+    with pytest.raises(FileExistsError, match=r"holds files this program did not write \(notes.txt\); "
+                                              r"choose another --out or remove them yourself"):
+        checkpoints.save_params(path, {"w": np.zeros(2)}, {"v": 2}, overwrite=overwrite)
+    assert _tree(tmp_path) == before
+
+
+def test_foreign_folders_are_refused_and_empty_ones_used(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints" / "7").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    before = _tree(tmp_path)
+    with pytest.raises(FileExistsError, match="config.json, checkpoints|checkpoints, config.json"):
+        checkpoints.export_ema(_State(jnp.asarray(1), {"w": jnp.ones(2)}), run, overwrite=True)
+    with pytest.raises(FileExistsError, match="choose another --export"):
+        checkpoints.export_ema(_State(jnp.asarray(1), {"w": jnp.ones(2)}), run, overwrite=True)
+    with pytest.raises(ValueError, match="--export .*run would replace .*run, which it contains"):
+        checkpoints.export_ema(_State(jnp.asarray(1), {"w": jnp.ones(2)}), run, overwrite=True, protect=(run,))
+    assert _tree(tmp_path) == before and (run / "checkpoints" / "7").is_dir()
+    # a forged or broken manifest does not make a folder ours
+    (tmp_path / "forged").mkdir()
+    (tmp_path / "forged" / checkpoints.MANIFEST).write_text('{"writer": "someone else", "entries": []}')
+    with pytest.raises(FileExistsError, match=checkpoints.MANIFEST):
+        checkpoints.save_params(tmp_path / "forged", {"w": np.ones(1)}, overwrite=True)
+    (tmp_path / "empty").mkdir()
+    # an empty existing folder is used, no --overwrite needed
+    checkpoints.save_params(tmp_path / "empty", {"w": np.ones(1, np.float32)})
+    _assert_same(checkpoints.restore_params(tmp_path / "empty"), {"w": np.ones(1, np.float32)})
+
+
+def test_checkpoints_without_manifest_stay_loadable_and_replaceable(tmp_path):
+    """A checkpoint written before manifests existed: a plain orbax folder of our items counts as ours."""
+    path = checkpoints.save_params(tmp_path / "old", _params(), {"v": 1})
+    (path / checkpoints.MANIFEST).unlink()
+    _assert_same(checkpoints.restore_params(path), _params())
+    assert checkpoints.restore_metadata(path) == {"v": 1}
+    assert checkpoints.foreign_entries(path) == []
+    with pytest.raises(FileExistsError, match=r"already exists; pass --overwrite \(overwrite=True from Python\)"):
+        checkpoints.save_params(path, {"w": np.zeros(2)})
+    checkpoints.save_params(path, {"w": np.zeros(2, np.float32)}, {"v": 2}, overwrite=True)
+    assert checkpoints.restore_metadata(path) == {"v": 2} and (path / checkpoints.MANIFEST).is_file()
+    (path / checkpoints.MANIFEST).unlink()
+    (path / "README").write_text("not orbax")
+    assert checkpoints.foreign_entries(path) == ["README"]
+
+
+def test_check_target_refusals(tmp_path, monkeypatch):
+    src = tmp_path / "weights" / "model.pth"
+    src.parent.mkdir()
+    src.write_bytes(b"w")
+    with pytest.raises(ValueError, match="would replace .*model.pth, which it contains; choose another --out"):
+        checkpoints.check_target(tmp_path / "weights", overwrite=True, protect=(src,))
+    with pytest.raises(ValueError, match="which it contains"):
+        checkpoints.check_target(src, protect=(src,))
+    assert checkpoints.check_target(tmp_path / "weights" / "converted", protect=(src,)).name == "converted"
+    with pytest.raises(ValueError, match="--out is empty; name the output folder"):
+        checkpoints.check_target("")
+    with pytest.raises(FileExistsError, match="is an existing file, not a folder; choose another --out"):
+        checkpoints.check_target(src, overwrite=True)
+    (tmp_path / "link").symlink_to(tmp_path / "weights")
+    with pytest.raises(FileExistsError, match="link is a symbolic link .*; pass the folder itself or another --out"):
+        checkpoints.check_target(tmp_path / "link", overwrite=True)
+    (tmp_path / "link").unlink()
+    with pytest.raises(FileExistsError, match="model.pth is a file; choose another --out"):
+        checkpoints.check_target(src / "sub" / "out")
+    with pytest.raises(FileExistsError, match="holds files this program did not write"):
+        checkpoints.save_params(tmp_path / "weights", {"w": np.ones(1)}, overwrite=True)
+    real_access = checkpoints.os.access
+    monkeypatch.setattr(checkpoints.os, "access", lambda p, mode: False if str(p) == str(tmp_path) else
+                        real_access(p, mode))
+    with pytest.raises(PermissionError, match="read-only or not writable; choose another --out"):
+        checkpoints.save_params(tmp_path / "new" / "ckpt", {"w": np.ones(1)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["weights"]
 
 
 # ----------------------------------------------------------------------------------------------- training

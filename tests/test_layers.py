@@ -171,3 +171,39 @@ def test_resblock_shapes_and_names():
     params = up.init(jax.random.PRNGKey(0), x, emb)["params"]
     assert "skip_connection" not in params and params["emb_layers_1"]["kernel"].shape == (16, 32)
     assert up.apply({"params": params}, x, emb).shape == (2, 16, 16, 32)
+
+
+def _softmax_attention_ref(q, k, v, scale, bias):
+    """float64 numpy reference: softmax(scale * q k^T + bias) v, (B, T, heads, d) layout."""
+    logits = np.einsum("bthd,bshd->bhts", q, k) * scale + (0.0 if bias is None else bias)
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    return np.einsum("bhts,bshd->bthd", weights, v)
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_dot_product_attention_equals_explicit_softmax(with_bias):
+    rng = np.random.default_rng(11)
+    b, t, s, heads, d = 3, 7, 5, 2, 8
+    q, k, v = (rng.normal(size=(b, n, heads, d)).astype(np.float32) for n in (t, s, s))
+    bias = rng.normal(size=(b, heads, t, s)).astype(np.float32) * 3 if with_bias else None
+    got = layers.dot_product_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), scale=0.3,
+                                       bias=None if bias is None else jnp.asarray(bias))
+    expected = _softmax_attention_ref(q.astype(np.float64), k.astype(np.float64), v.astype(np.float64), 0.3,
+                                      None if bias is None else bias.astype(np.float64))
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got), expected, atol=1e-5, rtol=1e-5)
+    half = layers.dot_product_attention(*(jnp.asarray(a, jnp.bfloat16) for a in (q, k, v)), scale=0.3,
+                                        bias=None if bias is None else jnp.asarray(bias))
+    assert half.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(half, np.float32), expected, atol=0.05)
+
+
+def test_attention_implementation_choice():
+    # CPU (the test platform) and float32 always take XLA's path; cuDNN only for 16-bit inputs on a GPU.
+    assert layers.attention_implementation(jnp.float32, 64) == "xla"
+    expected_half = "cudnn" if jax.default_backend() == "gpu" else "xla"
+    assert layers.attention_implementation(jnp.bfloat16, 64) == expected_half
+    assert layers.attention_implementation(jnp.bfloat16, 12) == "xla"
+    with pytest.raises(ValueError, match="heads, head_dim"):
+        layers.dot_product_attention(jnp.zeros((2, 3, 4)), jnp.zeros((2, 3, 4)), jnp.zeros((2, 3, 4)), scale=1.0)

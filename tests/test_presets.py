@@ -28,6 +28,14 @@ def test_presets_hold_the_library_defaults():
         assert opt.gradient == init_opt.InitOptConfig().gradient
 
 
+def test_256_priors_bound_the_rows_per_prior_call():
+    """The 256x256 presets run at most 13 chain rows per prior call (T = 100 fits a 16 GB device); the rest of
+    the solver is the library default."""
+    for dataset in ("imagenet", "celeba"):
+        solver = presets.chain_settings_from_config(load_config_file(CONFIGS / "sr_x4.py", dataset)).solver
+        assert solver == dataclasses.replace(DEFAULT, chunk_size=13), dataset
+
+
 def test_chain_settings_read_every_chain_field():
     cfg = load_config_file(CONFIGS / "sr_x4.py", "embedded")
     cfg.timesteps, cfg.nw, cfg.etw, cfg.sampler, cfg.solver.m = 7, 0.5, 0.2, "sequential", 4

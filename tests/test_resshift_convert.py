@@ -91,10 +91,15 @@ def test_detect_part_and_refusals(tiny, tmp_path):
         convert.detect_part({"foo.weight": np.zeros(1)})
     with pytest.raises(ValueError, match="part must be"):
         convert.convert_checkpoint(_save_pth(_state(vfx), tmp_path / "v.pth"), cfg, part="vae")
-    # The wrong network for the requested part: strict mapping names the problem keys.
+    # The wrong network for the requested part: recognised, and the right --part named.
     src = _save_pth(_state(vfx), tmp_path / "vq.pth")
-    with pytest.raises(torch_convert.ConversionError, match="encoder.conv_in.weight"):
+    with pytest.raises(torch_convert.ConversionError, match="vq.pth looks like a ResShift VQ autoencoder checkpoint, "
+                                                            "but --part unet was given; pass --part autoencoder"):
         convert.convert_checkpoint(src, cfg, part="unet")
+    # Unrecognised keys keep the strict mapper's message naming them.
+    odd = _save_pth({"encoder." + k: v for k, v in _state(ufx).items()}, tmp_path / "odd.pth")
+    with pytest.raises(torch_convert.ConversionError, match="encoder.input_blocks.0.0.weight"):
+        convert.convert_checkpoint(odd, cfg, part="unet")
     # Existing output is refused, overwrite replaces it.
     out = tmp_path / "vq_out"
     convert.convert_checkpoint(src, cfg, out)

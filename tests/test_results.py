@@ -1,4 +1,5 @@
-"""``deqir_jax.results``: what is written for one restored image, and the refusal to overwrite results."""
+"""``deqir_jax.results``: what is written for one restored image, atomically as a folder, and never over files
+that are not ours."""
 from __future__ import annotations
 
 import json
@@ -53,11 +54,66 @@ def test_without_reference_or_parallel_solve_those_files_are_absent(tmp_path):
     assert "reference.png" not in names and "convergence.png" not in names and "restored.png" in names
 
 
-def test_existing_results_are_refused_unless_overwrite(tmp_path):
+def _listing(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_folder_state_tells_finished_unfinished_and_foreign(tmp_path):
+    assert results.folder_state(tmp_path / "x") == results.FolderState(False, False, ())
     results.write_result(tmp_path / "x", _result(with_reference=False, with_residuals=False))
-    with pytest.raises(FileExistsError, match="already holds restored.png.*overwrite") as err:
-        results.check_outputs_free(str(tmp_path), ["y", "x"], overwrite=False)
+    assert results.folder_state(tmp_path / "x") == results.FolderState(True, True, ())
+    (tmp_path / "x" / "metrics.json").unlink()  # an older run killed before its last file
+    assert results.folder_state(tmp_path / "x") == results.FolderState(True, False, ())
+    (tmp_path / "x" / "notes.txt").write_text("mine")
+    assert results.folder_state(tmp_path / "x").foreign == ("notes.txt",)
+    (tmp_path / "f").write_text("a file")
+    with pytest.raises(ValueError, match="is a file.*--config.output"):
+        results.folder_state(tmp_path / "f")
+
+
+def test_overwriting_swaps_in_the_new_folder_only_when_complete(tmp_path, monkeypatch):
+    folder = tmp_path / "x"
+    results.write_result(folder, _result(with_reference=False, with_residuals=False))
+    before = {n: (folder / n).read_bytes() for n in _listing(folder)}
+    new = _result(with_reference=True, with_residuals=False)
+    new = new._replace(record={**new.record, "psnr": 31.0})
+
+    def fail(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C while the new files are written
+
+    monkeypatch.setattr(results, "plot_convergence", fail)
+    with pytest.raises(KeyboardInterrupt):
+        results.write_result(folder, new._replace(residuals=np.array([0.5, 0.1])))
+    assert {n: (folder / n).read_bytes() for n in _listing(folder)} == before  # the earlier result, untouched
+    assert _listing(tmp_path) == ["x"]  # no staging folder left
+    monkeypatch.undo()
+    results.write_result(folder, new)
+    assert json.loads((folder / "metrics.json").read_text())["psnr"] == 31.0
+    assert "reference.png" in _listing(folder) and _listing(tmp_path) == ["x"]
+
+
+def test_a_folder_with_foreign_files_is_refused_and_kept(tmp_path):
+    folder = tmp_path / "x"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="did not write \\(notes.txt\\).*--config.output") as err:
+        results.write_result(folder, _result(with_reference=False, with_residuals=False))
     assert "\n" not in str(err.value)
-    results.check_outputs_free(str(tmp_path), ["x"], overwrite=True)
-    results.check_outputs_free(str(tmp_path), ["y"], overwrite=False)
-    results.check_outputs_free("", ["x"], overwrite=False)  # no output folder yet: a fresh one is made
+    assert _listing(folder) == ["notes.txt"] and _listing(tmp_path) == ["x"]
+
+
+def test_clean_staging_removes_only_our_leftovers_of_this_run(tmp_path):
+    ours = tmp_path / ".x.partial-0123456789ab"
+    ours.mkdir()
+    (ours / "restored.png").write_bytes(b"half")
+    (ours / ".metrics.0123456789ab.tmp.json").write_bytes(b"{")
+    other_image = tmp_path / ".y.partial-0123456789ab"  # not an image of this run
+    other_image.mkdir()
+    foreign = tmp_path / ".x.old-aaaaaaaaaaaa"  # our pattern, but someone else's file inside
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    not_ours = tmp_path / ".x.partial-backup"  # not our pattern
+    not_ours.mkdir()
+    assert results.clean_staging(tmp_path, ["x"]) == [ours]
+    assert _listing(tmp_path) == [".x.old-aaaaaaaaaaaa", ".x.partial-backup", ".y.partial-0123456789ab"]
+    assert _listing(foreign) == ["notes.txt"]

@@ -57,6 +57,9 @@ def get_config(dataset: str = "imagenet") -> ml_collections.ConfigDict:
     # Anderson solve: --config.solver.method=anderson --config.solver.m=5 --config.solver.max_iter=15
     # --config.solver.stop=residual --config.solver.row_tol=0, i.e. solver_settings.OFFICIAL_ANDERSON).
     cfg.solver = solver_settings.to_config(solver_settings.DEFAULT)
+    # At most 13 chain rows per prior call for the 256x256 priors: T = 100 then compiles to a 9.6 GB peak
+    # (ADM 256, float32; 52 GB in one call), under a 16 GB device (benchmarks/deqir_memory.py).
+    cfg.solver.chunk_size = 0 if dataset == "embedded" else 13
 
     # Optional initialisation optimisation of x_T through the implicit gradient.
     cfg.init_opt = ml_collections.ConfigDict()

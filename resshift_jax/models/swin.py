@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from ircore.layers import GroupNorm32
+from ircore.layers import GroupNorm32, dot_product_attention
 
 Dtype = Any
 MASK_VALUE = -100.0
@@ -121,15 +121,13 @@ class WindowAttention(nn.Module):
         qkv = dense(3 * c, "qkv")(x).reshape(windows, n, 3, heads, head_dim)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B_, N, h, d]
         q = q * jnp.asarray(head_dim**-0.5, q.dtype)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
         bias = jnp.take(table, relative_position_index(w).reshape(-1), axis=0)
-        logits = logits + bias.reshape(n, n, heads).transpose(2, 0, 1)[None].astype(jnp.float32)
-        if mask is not None:
+        bias = bias.reshape(n, n, heads).transpose(2, 0, 1)[None].astype(jnp.float32)  # [1, h, N, N]
+        if mask is not None:  # shifted windows: window i of every image gets mask[i % nW]
             n_win = mask.shape[0]
-            logits = logits.reshape(windows // n_win, n_win, heads, n, n) + mask[None, :, None]
-            logits = logits.reshape(windows, heads, n, n)
-        attn = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(windows, n, c)
+            bias = (bias[None] + mask[None, :, None].astype(jnp.float32)).reshape(1, n_win, heads, n, n)
+            bias = jnp.broadcast_to(bias, (windows // n_win, n_win, heads, n, n)).reshape(windows, heads, n, n)
+        out = dot_product_attention(q, k, v, scale=1.0, bias=bias).reshape(windows, n, c)
         out = dense(c, "proj")(out)
         return nn.Dropout(self.dropout)(out, deterministic=deterministic)
 

@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 from flax import linen as nn
 
-from ircore.layers import GroupNorm32, conv1x1, conv3x3, dtype_by_name, upsample_nearest2x
+from ircore.layers import GroupNorm32, conv1x1, conv3x3, dot_product_attention, dtype_by_name, upsample_nearest2x
 
 Dtype = Any
 ConfigLike = ml_collections.ConfigDict | Mapping[str, Any]
@@ -77,10 +77,8 @@ class AttnBlock(nn.Module):
         b, h, w, c = x.shape
         kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         hn = _norm("norm", **kw)(x)
-        q, k, v = (conv1x1(c, name=n, **kw)(hn).reshape(b, h * w, c) for n in ("q", "k", "v"))
-        logits = jnp.einsum("bic,bjc->bij", q, k, preferred_element_type=jnp.float32) * (int(c) ** -0.5)
-        weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        out = jnp.einsum("bij,bjc->bic", weights, v).reshape(b, h, w, c)
+        q, k, v = (conv1x1(c, name=n, **kw)(hn).reshape(b, h * w, 1, c) for n in ("q", "k", "v"))
+        out = dot_product_attention(q, k, v, scale=int(c) ** -0.5).reshape(b, h, w, c)
         return x.astype(self.dtype) + conv1x1(c, name="proj_out", **kw)(out)
 
 
