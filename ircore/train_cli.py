@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 import jax
 from absl import app, flags, logging
 
-from ircore import config_cli, data, files
+from ircore import checkpoints, config_cli, data, files
 from ircore.checkpoints import export_ema
 from ircore.mesh import initialize_distributed
 from ircore.trainer import CHECKPOINT_DIR, EXIT_CODES, Stopped, Trainer, TrainSetupError, TrainState, check_train_config
@@ -79,6 +79,10 @@ def check_paths(workdir: str | os.PathLike, export: Optional[str] = None, *, ove
         raise TrainSetupError(f"--export {out} is a file, not a folder; pick another --export")
     if not out.exists():
         _creatable(out.absolute(), "--export")
+    try:  # the export's own rules (files this program did not write, links, ...) before hours of training
+        checkpoints.check_target(out, overwrite=overwrite, protect=(work,), flag="--export")
+    except (ValueError, OSError) as err:
+        raise TrainSetupError(str(err)) from None
 
 
 # ----------------------------------------------------------------------------------------------- network

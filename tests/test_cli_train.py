@@ -104,6 +104,12 @@ def _paths_export_parent_is_file(tmp):
     return tmp / "run", str(tmp / "notes" / "prior"), False
 
 
+def _paths_export_holds_foreign_files(tmp):
+    (tmp / "prior").mkdir()
+    (tmp / "prior" / "thesis.tex").write_text("mine")
+    return tmp / "run", str(tmp / "prior"), True
+
+
 PATH_CASES = [
     (_paths_export_is_workdir, "is the --workdir"),
     (_paths_export_inside_workdir, "is inside the --workdir"),
@@ -114,6 +120,7 @@ PATH_CASES = [
     (_paths_export_exists, "already exists; pass --overwrite"),
     (_paths_export_is_file, "is a file, not a folder; pick another --export"),
     (_paths_export_parent_is_file, "notes is a file; pick another --export"),
+    (_paths_export_holds_foreign_files, "holds files this program did not write (thesis.tex)"),
 ]
 
 
