@@ -73,6 +73,7 @@ def test_unsupported_settings_are_refused():
         train.make_loss_fn(cfg)
 
 
+@pytest.mark.slow  # ~70-100 s on 2 cores: keeps the quick suite under 15 minutes
 def test_training_lowers_the_loss_and_exports_the_ema(tmp_path):
     cfg = _tiny_config(steps=30)
     loss_fn = jax.jit(train.make_loss_fn(cfg))

@@ -79,6 +79,7 @@ def test_prior_denoises_heldout_photos_at_the_restoration_size():
         assert mse < 0.5, (t, mse)  # predicting zero noise scores 1.0
 
 
+@pytest.mark.slow  # ~70-100 s on 2 cores: keeps the quick suite under 15 minutes
 def test_resshift_small_restores_heldout_photos():
     cfg = load_config_file(RESSHIFT)
     nets = rsample.load_networks(cfg)
