@@ -130,8 +130,8 @@ def test_bad_config_is_one_line(workdir, cli, args, fragment):
 @pytest.mark.parametrize("cli, fragment", [
     ("deqir_jax.sample", "no input given"),
     ("resshift_jax.sample", "no input given"),
-    ("deqir_jax.convert", "checkpoint file prior.pt does not exist"),
-    ("resshift_jax.convert", "checkpoint file unet.pth does not exist"),
+    ("deqir_jax.convert", "--src prior.pt does not exist"),
+    ("resshift_jax.convert", "--src unet.pth does not exist"),
 ])
 def test_a_preset_name_works_from_any_folder(workdir, cli, fragment):
     """The preset resolves from a folder outside the repository: the run gets past the config to its next check."""
