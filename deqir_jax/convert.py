@@ -36,10 +36,7 @@ def convert_checkpoint(
     if not isinstance(config.get("model"), ml_collections.ConfigDict) or "arch" not in config.model:
         raise ValueError("the config has no model.arch, so it is not a DeqIR model config: pass one of "
                          "configs/deqir/models/*.py as --config")
-    convert_source.check_source(src)
-    if out is not None:
-        checkpoints.check_target(out, overwrite=overwrite, protect=(src,))
-    state = convert_source.read_state_dict(src)
+    state = convert_source.read_checked(src, out, overwrite=overwrite)
     try:
         params = convert_prior_state_dict(state, config.model)
     except torch_convert.ConversionError:

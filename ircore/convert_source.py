@@ -68,3 +68,14 @@ def read_state_dict(src: str | os.PathLike) -> StateDict:
     if not state:
         raise ConversionError(f"--src {path} holds no tensors (a checkpoint of something else?)")
     return state
+
+
+def read_checked(src: str | os.PathLike, out: str | os.PathLike | None, *, overwrite: bool) -> StateDict:
+    """The state dict of ``src``, after checking ``src`` and the output folder ``out`` (None: no output) with
+    :func:`ircore.checkpoints.check_target` -- every check before the (possibly large) file is read."""
+    from ircore import checkpoints  # noqa: PLC0415 (orbax only when converting)
+
+    check_source(src)
+    if out is not None:
+        checkpoints.check_target(out, overwrite=overwrite, protect=(src,))
+    return read_state_dict(src)

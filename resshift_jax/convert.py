@@ -98,10 +98,7 @@ def convert_checkpoint(
     if isinstance(config.get("model"), ml_collections.ConfigDict) and "arch" in config.model:
         raise ValueError("the config has model.arch, so it is a DeqIR model config, not a ResShift one: pass one "
                          "of configs/resshift/*.py as --config")
-    convert_source.check_source(src)
-    if out is not None:
-        checkpoints.check_target(out, overwrite=overwrite, protect=(src,))
-    state = convert_source.read_state_dict(src)
+    state = convert_source.read_checked(src, out, overwrite=overwrite)
     try:
         if part == "auto":
             part = detect_part(state)
