@@ -30,7 +30,7 @@ from deqir_jax.restore import chain_schedule
 from deqir_jax.presets import build_operator
 from deqir_jax.sample import prepare_image
 from deqir_solvers import REPO, TASKS, psnr
-from ircore import checkpoints, files, images, photos
+from ircore import checkpoints, files, photos
 from ircore.config_utils import load_config_file
 
 
@@ -41,7 +41,7 @@ def load_problem(task: str, photo: str, T: int) -> dict:
     params = checkpoints.restore_params(cfg.checkpoint)
     size = int(cfg.image_size)
     op = build_operator(cfg, (size, size))
-    x = prepare_image(images.read_image(photos.path(photo)), size, cfg.resize)
+    x = prepare_image(photos.read(photo), size, cfg.resize)
     y = op.A(jnp.asarray(x))
     index = photos.HELDOUT.index(photo) if photo in photos.HELDOUT else 0
     key_xt, key_z, _ = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(int(cfg.seed)), index), 3)

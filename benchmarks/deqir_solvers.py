@@ -46,7 +46,7 @@ from deqir_jax.restore import chain_schedule
 from deqir_jax.presets import build_operator
 from deqir_jax.sample import prepare_image
 from deqir_jax.solver_settings import DEFAULT, OFFICIAL_ANDERSON, SolverSettings
-from ircore import checkpoints, files, images, photos
+from ircore import checkpoints, files, photos
 from ircore.config_utils import load_config_file
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -133,7 +133,7 @@ def run_problem(model, params, task: str, photo: str, index: int, T: int, solver
     cfg = load_config_file(REPO / "configs/deqir" / TASKS[task], "embedded")
     size = int(cfg.image_size)
     op = build_operator(cfg, (size, size))
-    x = prepare_image(images.read_image(photos.path(photo)), size, cfg.resize)
+    x = prepare_image(photos.read(photo), size, cfg.resize)
     y = op.A(jnp.asarray(x))
     key_xt, key_z, _ = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(int(cfg.seed)), index), 3)
     x_T = jax.random.normal(key_xt, x.shape, jnp.float32)

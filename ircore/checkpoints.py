@@ -345,6 +345,21 @@ class TrainCheckpoints:
         )
         return restored[STATE_ITEM], dict(restored[META_ITEM])
 
+    def restore_ema_params(self, step: int) -> Any:
+        """The ``ema_params`` of the train state saved at ``step``, on the default device, read without building
+        the train state (for evaluating a run's kept checkpoints)."""
+        reader = ocp.CheckpointManager(
+            self.directory, options=ocp.CheckpointManagerOptions(create=False),
+            item_handlers={STATE_ITEM: ocp.StandardCheckpointHandler(), META_ITEM: ocp.JsonCheckpointHandler()})
+        tree = reader.item_metadata(int(step))[STATE_ITEM]
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        abstract = jax.tree_util.tree_map(
+            lambda m: jax.ShapeDtypeStruct(tuple(m.shape), np.dtype(m.dtype), sharding=device), tree)
+        restored = reader.restore(int(step), args=ocp.args.Composite(
+            **{STATE_ITEM: ocp.args.StandardRestore(abstract)}))
+        reader.close()
+        return restored[STATE_ITEM]["ema_params"]
+
     def wait(self) -> None:
         """Blocks until every background save has finished."""
         self.manager.wait_until_finished()

@@ -68,7 +68,7 @@ def test_prior_denoises_heldout_photos_at_the_restoration_size():
     model = models.model_from_config(cfg.model)
     params = checkpoints.restore_params(cfg.checkpoint)
     abar = train.abar_from_config(load_config_file(DEQIR_TRAIN))
-    x0 = jnp.concatenate([jnp.asarray(prepare_image(images.read_image(photos.path(n)), cfg.image_size, cfg.resize))
+    x0 = jnp.concatenate([jnp.asarray(prepare_image(photos.read(n), cfg.image_size, cfg.resize))
                           for n in photos.HELDOUT])
     eps_fn = jax.jit(lambda x, t: model.apply({"params": params}, x, t))
     for t in (50, 300, 600, 900):
@@ -87,8 +87,9 @@ def test_resshift_small_restores_heldout_photos():
     assert nets[1] is None  # pixel space: no autoencoder
     unet = unet_swin.model_from_config(cfg)
     sched = schedule_from_config(cfg.diffusion)
+    gains = []
     for name in photos.HELDOUT:
-        hq = images.read_image(photos.path(name))
+        hq = photos.read(name)
         top, left = hq.shape[1] // 2 - 48, hq.shape[2] // 2 - 48
         res = rsample.degrade_and_restore(hq[:, top:top + 96, left:left + 96], restorer, nets,
                                           rsample.image_key(cfg.sample.seed, name))
@@ -103,13 +104,16 @@ def test_resshift_small_restores_heldout_photos():
         err_T = np.mean((np.asarray(x_T) - res["hq"]) ** 2)
         assert np.mean((np.asarray(x0) - res["hq"]) ** 2) < err_T, name
         assert np.mean((res["restored"] - res["hq"]) ** 2) < err_T, name  # the chain improves on its start
-        # issue 6's bar, at the benchmark's 64x64 setting (the whole photo, centre-cropped and resized): closer to
-        # the clean photo than bicubic up-sampling of the same LQ. (Not on every native-scale crop: on the central
-        # 96x96 of chelsea, the cat's fur, it is below bicubic; see configs/resshift/embedded_x4.py.)
+        # issue 17's bar, at the benchmark's 64x64 setting (the whole photo, centre-cropped and resized): never
+        # more than 0.3 dB below bicubic up-sampling of the same LQ, and +0.3 dB on average over the held-out set.
+        # (benchmarks/results/quality.json: +0.73 dB mean, worst -0.26 dB on rocket.)
         small = prepare_image(hq, 64, "center_crop")
         res = rsample.degrade_and_restore(small, restorer, nets, rsample.image_key(cfg.sample.seed, name))
-        assert rsample.image_scores(res["restored"], res["hq"])["psnr"] > \
-            rsample.image_scores(res["bicubic"], res["hq"])["psnr"], name
+        gain = rsample.image_scores(res["restored"], res["hq"])["psnr"] - \
+            rsample.image_scores(res["bicubic"], res["hq"])["psnr"]
+        assert gain > -0.3, (name, gain)
+        gains.append(gain)
+    assert np.mean(gains) >= 0.3, gains
 
 
 def _run_without_arguments(module: str, cwd: pathlib.Path) -> pathlib.Path:

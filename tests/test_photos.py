@@ -15,14 +15,16 @@ def test_split_is_disjoint_and_complete():
     assert set(photos.TRAIN).isdisjoint(photos.HELDOUT)
     assert set(photos.TRAIN) | set(photos.HELDOUT) == set(photos.SOURCES)
     assert photos.DEFAULT in photos.HELDOUT
-    assert len(photos.TRAIN) >= 10
+    assert len(photos.TRAIN) >= 10 and len(photos.HELDOUT) >= 10
+    assert set(photos.BUNDLED) <= set(photos.HELDOUT)
+    assert all(licence for _, _, licence in photos.SOURCES.values())
 
 
-@pytest.mark.parametrize("name", photos.HELDOUT)
+@pytest.mark.parametrize("name", photos.BUNDLED)
 def test_bundled_heldout_photos_are_the_package_files(name):
     bundled, original = photos.bundled_path(name), photos.package_path(name)
     assert bundled.read_bytes() == original.read_bytes()
-    assert photos.path(name) == bundled  # held-out photos never need the extra packages
+    assert photos.path(name) == bundled  # the bundled photos never need the extra packages
 
 
 def test_every_photo_loads_as_rgb_uint8():
@@ -35,7 +37,7 @@ def test_every_photo_loads_as_rgb_uint8():
 def test_unknown_names_and_splits_are_refused():
     with pytest.raises(ValueError, match="unknown photo 'nope'"):
         photos.path("nope")
-    with pytest.raises(ValueError, match="only the held-out photos"):
+    with pytest.raises(ValueError, match="only the photos"):
         photos.bundled_path("astronaut")
     with pytest.raises(ValueError, match="unknown photo split"):
         photos.split_paths("test")

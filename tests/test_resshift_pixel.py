@@ -68,7 +68,7 @@ def test_pixel_space_loss_is_the_diffusion_loss_on_images(smoke):
 
 def test_pixel_space_restorer_is_the_sampler_on_images(smoke):
     cfg, params = smoke
-    lq = np.asarray(bicubic_degrade(images.read_image(photos.path("coffee"))[:, :64, :64], 4))  # 16x16
+    lq = np.asarray(bicubic_degrade(photos.read("coffee")[:, :64, :64], 4))  # 16x16
     shape = (1, 64, 64, 3)
     noises = pipeline.draw_noises(jax.random.key(1), shape, int(cfg.diffusion.steps))
     one_tile = ml_collections.ConfigDict(cfg.to_dict())
@@ -93,7 +93,7 @@ def test_pixel_space_restorer_is_the_sampler_on_images(smoke):
 
 def test_degrade_and_restore_scores_against_the_clean_image(smoke, tmp_path):
     cfg, params = smoke
-    hq = images.read_image(photos.path("flower"))[:, :70, :90]  # cropped to a multiple of 4: 68 x 88
+    hq = photos.read("flower")[:, :70, :90]  # cropped to a multiple of 4: 68 x 88
     res = sample.degrade_and_restore(hq, pipeline.make_restorer(cfg), (params, None), jax.random.key(0))
     assert res["hq"].shape == (1, 68, 88, 3) and res["lq"].shape == (1, 17, 22, 3)
     assert res["restored"].shape == res["bicubic"].shape == (1, 68, 88, 3)
@@ -108,7 +108,7 @@ def test_sample_cli_clean_image_mode(smoke, tmp_path):
     cfg, params = smoke
     ckpt = checkpoints.save_params(tmp_path / "unet", params, {"part": "unet"})
     photo = tmp_path / "cat.png"
-    images.write_png(photo, images.read_image(photos.path("chelsea"))[:, 100:164, 150:214])
+    images.write_png(photo, photos.read("chelsea")[:, 100:164, 150:214])
     out = tmp_path / "out"
 
     def cli(*args):
