@@ -144,7 +144,7 @@ def _photo_source(split: str) -> InMemorySource:
     try:
         return InMemorySource([photos.load(name) for name in photos.SPLITS[split]])
     except ModuleNotFoundError:
-        raise DataError(f"data.source='photos' reads the photographs shipped with scikit-image and scikit-learn, "
+        raise DataError(f"data.source='photos' reads the photographs shipped with scikit-image, scikit-learn and PyWavelets, "
                         f"which are not installed: {EMBEDDED_FIX}, or train on your own images with "
                         f"--config.data.source=folder --config.data.folder=DIR") from None
     except (OSError, ValueError) as err:

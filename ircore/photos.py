@@ -18,7 +18,7 @@ import pathlib
 
 import numpy as np
 
-# name: (package holding the file, file name, licence as the package states it)
+# name: (package holding the file, file path inside it, licence as the package states it)
 SOURCES = {
     # training set: 10 source photographs (the motorcycle stereo pair is one scene, two files)
     "china": ("sklearn.datasets.images", "china.jpg", "CC BY 2.0, danielbuechele (Flickr)"),
@@ -41,7 +41,7 @@ SOURCES = {
     "camera": ("skimage.data", "camera.png", "CC0, Lav Varshney"),
     "coins": ("skimage.data", "coins.png", "no known copyright restrictions (Brooklyn Museum)"),
     "gravel": ("skimage.data", "gravel.png", "CC0 (CC0Textures)"),
-    "grace_hopper": ("matplotlib.mpl-data.sample_data", "grace_hopper.jpg", "public domain (U.S. Navy)"),
+    "grace_hopper": ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg", "public domain (U.S. Navy)"),
     "ascent": ("pywt.data", "ascent.npz", "public domain (public-domain-image.com)"),
 }
 HELDOUT = ("chelsea", "coffee", "flower", "astronaut", "rocket", "camera", "coins", "gravel", "grace_hopper", "ascent")
@@ -60,7 +60,7 @@ def package_path(name: str) -> pathlib.Path:
         raise ValueError(f"unknown photo {name!r}; expected one of {sorted(SOURCES)}")
     package, file, _ = SOURCES[name]
     try:
-        root = _package_root(package)
+        root = importlib.resources.files(package)
     except ModuleNotFoundError:
         dist = _DISTRIBUTIONS[package.split(".")[0]]
         raise ModuleNotFoundError(f"photo {name!r} ships with {dist}: pip install -e \".[embedded]\"") from None
@@ -68,21 +68,6 @@ def package_path(name: str) -> pathlib.Path:
     if not path.is_file():
         raise FileNotFoundError(f"photo {name!r}: {path} is missing from the installed {package}")
     return path
-
-
-def _package_root(package: str):
-    """The folder of ``package``; a dotted path below a package that is a plain folder (matplotlib's
-    ``mpl-data``) is joined onto the top-level package."""
-    try:
-        return importlib.resources.files(package)
-    except ModuleNotFoundError:
-        top, _, rest = package.partition(".")
-        root = importlib.resources.files(top)  # ModuleNotFoundError when the package itself is missing
-        if not rest:
-            raise
-        for part in rest.split("."):
-            root = root / part
-        return root
 
 
 def bundled_path(name: str) -> pathlib.Path:
@@ -119,4 +104,6 @@ def load(name: str) -> np.ndarray:
 
 def read(name: str) -> np.ndarray:
     """Photo ``name`` as a (1, H, W, 3) float32 image in [-1, 1], the library's image convention."""
-    return (load(name)[None].astype(np.float32) / 127.5 - 1.0).astype(np.float32)
+    from ircore.images import from_unit  # noqa: PLC0415
+
+    return from_unit(load(name)[None].astype(np.float32) / 255.0)

@@ -7,8 +7,8 @@ training photographs of scikit-image and scikit-learn):
         --export deqir_jax/embedded/prior --overwrite
 
 DDPM epsilon loss, batch 16 of 32x32 crops at random scales (``ircore.data`` ``random_scale``) of the 11
-training photo files (10 source photographs) of ``ircore.photos`` (the 10 held-out photos are never read), AdamW 5e-4 with 200 warm-up
-steps and cosine decay to 5e-5, global-norm clipping at 1, EMA 0.999 with warm-up. ``get_config("smoke")`` is the same
+training photo files (10 source photographs) of ``ircore.photos`` (the 10 held-out photos are never read),
+AdamW 5e-4 with 200 warm-up steps and cosine decay to 5e-5, global-norm clipping at 1, EMA 0.999 with warm-up. ``get_config("smoke")`` is the same
 recipe for a few steps (tests).
 """
 import pathlib

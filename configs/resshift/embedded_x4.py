@@ -30,8 +30,9 @@ This config (p 2, 5000 steps) beat bicubic on those three photos (+0.07 to +0.80
 pool of 10 source photographs left after the held-out set grew to 10 (recipe unchanged), it measures on those 10
 (benchmarks/results/quality.json): +0.59 dB mean PSNR over bicubic on the whole full-size photos (worst +0.00 dB,
 rocket; best +1.19 dB, coins), LPIPS 0.333 against 0.345, and +0.73 dB at 64x64 (worst -0.26 dB, rocket).
-Trained with the MSE loss only (the LPIPS term, possible with the ``lpips`` extra, is untried) on batches of 16 32x32 HQ crops at random
-scales of the 11 training photo files (10 source photographs) of ``ircore.photos`` with MATLAB-bicubic x4 LQ synthesised in the step;
+Trained with the MSE loss only (the LPIPS term, possible with the ``lpips`` extra, is untried) on batches of
+16 32x32 HQ crops at random scales of the 11 training photo files (10 source photographs) of ``ircore.photos``
+with MATLAB-bicubic x4 LQ synthesised in the step;
 AdamW 5e-4, 200 warm-up steps, cosine decay to 5e-5 over 5000 steps, clipping at 1, EMA 0.999 with warm-up.
 The held-out photos are never read. ``get_config()`` is the sampling preset (``unet_checkpoint`` = the shipped
 weights), ``get_config("train")`` the same with training from scratch, ``get_config("smoke")`` the training
