@@ -74,6 +74,30 @@ def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> j
     return emb
 
 
+def group_norm(x: jax.Array, num_groups: int, scale: jax.Array, bias: jax.Array, epsilon: float) -> jax.Array:
+    """GroupNorm of channels-last ``x`` (B, ..., C) in float32: statistics per (batch, group) over every other axis.
+
+    Laid out for the CPU and accelerators alike: both reductions run over the spatial axes with the channels
+    minor (per-channel sums, then a (C,) -> (groups,) sum), the variance is two-pass (sum of squared deviations
+    from the mean, as accurate as PyTorch's), and normalisation and affine are one multiply-add per element
+    with per-(batch, channel) coefficients. Returns float32 (B, ..., C).
+    """
+    b, channels = x.shape[0], x.shape[-1]
+    per_group = channels // num_groups
+    xf = x.astype(jnp.float32).reshape(b, -1, channels)  # (B, N, C)
+    count = xf.shape[1] * per_group
+
+    def group_mean(per_channel: jax.Array) -> jax.Array:  # (B, C) sums -> (B, C) group means
+        means = per_channel.reshape(b, num_groups, per_group).sum(-1) / count
+        return jnp.repeat(means, per_group, axis=1)
+
+    mean = group_mean(xf.sum(axis=1))
+    var = group_mean(jnp.square(xf - mean[:, None, :]).sum(axis=1))
+    gain = jax.lax.rsqrt(var + epsilon) * scale.astype(jnp.float32)  # (B, C)
+    shift = bias.astype(jnp.float32) - mean * gain
+    return (xf * gain[:, None, :] + shift[:, None, :]).reshape(x.shape)
+
+
 class GroupNorm32(nn.Module):
     """GroupNorm (32 groups, eps 1e-5 like ``torch.nn.GroupNorm``) computed in float32, cast to ``dtype``.
 
@@ -95,14 +119,7 @@ class GroupNorm32(nn.Module):
             )
         scale = self.param("scale", nn.initializers.ones_init(), (channels,), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros_init(), (channels,), self.param_dtype)
-        xf = x.astype(jnp.float32)
-        grouped = xf.reshape(*x.shape[:-1], self.num_groups, channels // self.num_groups)
-        axes = tuple(range(1, grouped.ndim - 2)) + (grouped.ndim - 1,)
-        mean = jnp.mean(grouped, axis=axes, keepdims=True)
-        var = jnp.mean(jnp.square(grouped - mean), axis=axes, keepdims=True)
-        normed = ((grouped - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(xf.shape)
-        out = normed * scale.astype(jnp.float32) + bias.astype(jnp.float32)
-        return out.astype(self.dtype)
+        return group_norm(x, self.num_groups, scale, bias, self.epsilon).astype(self.dtype)
 
 
 def conv3x3(features: int, *, name: str, dtype: Dtype, param_dtype: Dtype, stride: int = 1,
@@ -264,9 +281,27 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: fl
         out = dot_product_attention(q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32),
                                     scale=scale, bias=bias)
         return out.astype(jnp.float16)
+    if implementation == "xla" and q.shape[2] == 1 and bias is None and jax.default_backend() == "cpu":
+        return _single_head_attention(q, k, v, scale)
     if bias is not None:  # XLA adds it to the float32 logits; cuDNN wants it in the input dtype
         bias = bias.astype(q.dtype if implementation == "cudnn" else jnp.float32)
     return jax.nn.dot_product_attention(q, k, v, bias=bias, scale=scale, implementation=implementation)
+
+
+def _single_head_attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float) -> jax.Array:
+    """One-head attention as two plain batched matmuls (XLA:CPU): (B, T, 1, D) q and (B, S, 1, D) k, v.
+
+    The head axis is dropped so that neither matmul needs a transposed copy of the (T, S) weights, and the softmax
+    division is applied to the (T, D) output instead of the (T, S) weights (one pass less over them). The same
+    arithmetic as softmax-then-matmul up to float32 rounding; 20-30 % faster for the VQ autoencoder's 4096-token
+    mid-block attention on CPU.
+    """
+    q3, k3, v3 = q[:, :, 0], k[:, :, 0], v[:, :, 0]
+    logits = jnp.einsum("btd,bsd->bts", q3, k3, preferred_element_type=jnp.float32) * scale
+    weights = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)))
+    out = jnp.einsum("bts,bsd->btd", weights.astype(v.dtype), v3, preferred_element_type=jnp.float32)
+    out = out / jnp.sum(weights, axis=-1, keepdims=True)
+    return out.astype(q.dtype)[:, :, None]
 
 
 def qkv_attention(qkv: jax.Array, num_heads: int, *, legacy_order: bool) -> jax.Array:

@@ -145,10 +145,15 @@ def test_picard_is_exact_after_T_evaluations(cases, name):
     assert n > c.T, "fixture records fewer Picard iterations than T"
     res = _solve(c.eps_apply, "picard", n, None, c.params, c.op, _coefs(c), fp.initial_states(c.x_T, c.T), 0.0)
     hist = np.asarray(res.abs_residuals)
-    # triangular system: after T evaluations every row is final, so f(X) == X exactly at evaluation T + 1, and a
-    # residual <= tol = 0 stops the solve there as converged (issue 14: tol = 0 is not "ran out of evaluations")
-    assert hist[c.T - 1] > 0 and hist[c.T] == 0.0, f"residuals from evaluation T: {hist[c.T - 1:]}"
-    assert int(res.n_evals) == c.T + 1 and int(res.status) == anderson.CONVERGED
+    # triangular system: after T evaluations every row is final, so f(X) == X exactly by evaluation T + 1, and a
+    # residual <= tol = 0 stops the solve there as converged (issue 14: tol = 0 is not "ran out of evaluations").
+    # Evaluation T changes only the last row, by what the previous change of row T - 1 leaves after the UNet: at
+    # float32 resolution (the official run records a few 1e-6), so it may round to exactly 0 one evaluation early.
+    n_evals = int(res.n_evals)
+    assert n_evals in (c.T, c.T + 1) and int(res.status) == anderson.CONVERGED, (n_evals, int(res.status))
+    assert hist[n_evals - 1] == 0.0 and np.all(hist[:n_evals - 1] > 0), f"residuals: {hist[:n_evals]}"
+    if n_evals == c.T:
+        assert fx["picard/abs_residual"][c.T - 1] < 1e-4 * fx["picard/abs_residual"][0]
     np.testing.assert_allclose(hist[:3], fx["picard/abs_residual"][:3], rtol=_anderson_rel(c.meta))
     err = maxabs(res.solution, nhwc(fx["seq/states"]))
     print(f"{c.meta['file']}: Picard after T={c.T} evals vs seq {err:.2e} (atol {atol:.0e})")

@@ -72,6 +72,23 @@ def test_group_norm32_bfloat16_input_uses_float32_statistics():
     np.testing.assert_allclose(np.asarray(got.astype(jnp.float32)), expected, rtol=2**-8, atol=1e-6)
 
 
+@pytest.mark.parametrize("shape, offset, spread", [((3, 16, 8, 128), 8.0, 0.01), ((2, 33, 96), -3.0, 5.0),
+                                                   ((1, 4, 4, 4, 64), 0.0, 1.0)])
+def test_group_norm_equals_float64_reference(shape, offset, spread):
+    # Channel-minor sums and the fused multiply-add must equal the textbook per-group formula (float64) on random
+    # inputs: any rank (B, ..., C), a large mean against a small spread (where one-pass variance would fail).
+    rng = np.random.default_rng(4)
+    x = (rng.normal(size=shape) * spread + offset).astype(np.float32)
+    c = shape[-1]
+    scale, bias = rng.normal(size=c).astype(np.float32), rng.normal(size=c).astype(np.float32)
+    got = np.asarray(layers.group_norm(jnp.asarray(x), 32, jnp.asarray(scale), jnp.asarray(bias), 1e-6))
+    g = x.astype(np.float64).reshape(shape[0], -1, 32, c // 32)
+    mean, var = g.mean(axis=(1, 3), keepdims=True), g.var(axis=(1, 3), keepdims=True)
+    expected = ((g - mean) / np.sqrt(var + 1e-6)).reshape(shape) * scale + bias
+    assert got.dtype == np.float32 and got.shape == shape
+    np.testing.assert_allclose(got, expected, atol=5e-4 if spread < 0.1 else 2e-5, rtol=1e-5)  # x itself carries 8 * 2**-24 / 0.01
+
+
 def test_group_norm32_rejects_indivisible_channels():
     with pytest.raises(ValueError, match="not divisible"):
         layers.GroupNorm32().init(jax.random.PRNGKey(0), jnp.zeros((1, 2, 2, 48)))
@@ -197,6 +214,24 @@ def test_dot_product_attention_equals_explicit_softmax(with_bias):
                                         bias=None if bias is None else jnp.asarray(bias))
     assert half.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(half, np.float32), expected, atol=0.05)
+
+
+@pytest.mark.parametrize("batch, tokens", [(1, 64), (2, 300)])
+def test_single_head_attention_equals_explicit_softmax(batch, tokens):
+    # One head without bias (the VQ autoencoder's attention) takes the two-matmul CPU path: same numbers.
+    rng = np.random.default_rng(12)
+    q, k, v = (rng.normal(size=(batch, tokens, 1, 32)).astype(np.float32) for _ in range(3))
+    got = layers.dot_product_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), scale=32 ** -0.5)
+    expected = _softmax_attention_ref(*(a.astype(np.float64) for a in (q, k, v)), 32 ** -0.5, None)
+    assert got.shape == q.shape and got.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got), expected, atol=1e-5, rtol=1e-5)
+    via_library = jax.nn.dot_product_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), scale=32 ** -0.5)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(via_library), atol=2e-6, rtol=1e-5)
+    grads = jax.grad(lambda a: layers.dot_product_attention(a, jnp.asarray(k), jnp.asarray(v), scale=0.2).sum())(
+        jnp.asarray(q))
+    grads_ref = jax.grad(lambda a: jax.nn.dot_product_attention(a, jnp.asarray(k), jnp.asarray(v), scale=0.2).sum())(
+        jnp.asarray(q))
+    np.testing.assert_allclose(np.asarray(grads), np.asarray(grads_ref), atol=1e-5, rtol=1e-4)
 
 
 def test_attention_implementation_choice():
