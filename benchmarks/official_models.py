@@ -4,7 +4,10 @@ Supported entries: ``adm256`` and ``adm_small`` (guided-diffusion's ``UNetModel`
 ``guided_diffusion.script_util.create_model``; PATH = a checkout of openai/guided-diffusion), ``swin``
 (``models.unet.UNetModelSwin``), ``vq_encode`` / ``vq_decode`` (``ldm.models.autoencoder.VQModelTorch``; PATH = a
 checkout of zsyOAOA/ResShift; when timm is not installed, the three names swin_transformer.py takes from it get
-inference-equivalent stand-ins). Give both checkouts as ``PATH1,PATH2``. The samplers are not compared.
+inference-equivalent stand-ins), and ``resshift``: the whole sampler (``models.script_util.create_gaussian_diffusion``
+with the config's diffusion settings, ``p_sample_loop`` with both networks: bicubic upsampling, VQ encode, the
+steps, VQ decode; timing and output shape only, as each side draws its own noise). Give both checkouts as
+``PATH1,PATH2``. The DeqIR samplers are not compared.
 
 How a comparison runs (:func:`compare`), per entry and batch, in float32:
 
@@ -16,8 +19,8 @@ How a comparison runs (:func:`compare`), per entry and batch, in float32:
    zero-initialised output conv), writes its state dict and its output to a temporary folder and waits for
    commands on stdin.
 2. This process converts the state dict with the project's converters (``deqir_jax.convert_keys``,
-   ``resshift_jax.convert_keys``: strict, Swin buffers checked), runs our network (float32, fully optimised
-   compile) on the same input and records the agreement (max |ours - official| and that over max |official|;
+   ``resshift_jax.convert_keys``: strict, Swin buffers checked), runs our network (float32, compiled as
+   the samplers compile: ``ircore.compiling.sampling_options``) on the same input and records the agreement (max |ours - official| and that over max |official|;
    ``vq_decode`` quantises, so a latent near a tie between two codes may pick another code on either side).
 3. ``--pairs`` interleaved pairs: wait until the 1-minute load average is below ``--quiet-load`` (at most
    ``--quiet-timeout`` s, else a warning in the JSON), time ours (median of ``--repeats`` calls), then ask the
@@ -40,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-SUPPORTED = ("adm256", "adm_small", "swin", "vq_encode", "vq_decode")
+SUPPORTED = ("adm256", "adm_small", "swin", "vq_encode", "vq_decode", "resshift")
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "4294967296",
               "MALLOC_TOP_PAD_": "1073741824"}
 AGREE_REL = 1e-3  # max |ours - official| / max |official| below this counts as agreement (float32)
@@ -101,6 +104,18 @@ def _official_module(kind: str, kwargs: dict):
         return UNetModelSwin(**kwargs), lambda m, i: m(i["x"], i["t"], lq=i["lq"])
     from ldm.models.autoencoder import VQModelTorch
 
+    if kind == "resshift":  # the whole sampler: bicubic x sf, VQ encode, the diffusion steps, VQ decode
+        import torch
+        from models.script_util import create_gaussian_diffusion
+
+        _stub_timm()
+        from models.unet import UNetModelSwin
+
+        both = torch.nn.Module()
+        both.unet, both.vq = UNetModelSwin(**kwargs["unet"]), VQModelTorch(**kwargs["vq"])
+        diffusion = create_gaussian_diffusion(**kwargs["diffusion"])
+        return both, lambda m, i: diffusion.p_sample_loop(y=i["lq"], model=m.unet, first_stage_model=m.vq,
+                                                          clip_denoised=False, model_kwargs={"lq": i["lq"]})
     if kind == "vq_encode":
         return VQModelTorch(**kwargs), lambda m, i: m.encode(i["x"])
     return VQModelTorch(**kwargs), lambda m, i: m.decode(i["x"])
@@ -113,7 +128,7 @@ def worker(argv: list[str]) -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--official", required=True)
-    parser.add_argument("--kind", required=True, choices=("adm", "swin", "vq_encode", "vq_decode"))
+    parser.add_argument("--kind", required=True, choices=("adm", "swin", "vq_encode", "vq_decode", "resshift"))
     parser.add_argument("--kwargs", required=True, help="constructor kwargs (JSON)")
     parser.add_argument("--workdir", required=True, help="inputs.npz in; state.npz and io.npz out")
     parser.add_argument("--device", default="cpu")
@@ -202,6 +217,8 @@ def our_side(name: str, batch: int, sizes: Any, speed: Any, state: dict) -> dict
     from resshift_jax import convert_keys as resshift_keys, networks
     from resshift_jax.models import vq
 
+    import jax
+
     rng = np.random.default_rng(0)
     if name in ("adm256", "adm_small"):
         model_cfg = speed.adm_config(name, sizes, "float32")
@@ -227,6 +244,22 @@ def our_side(name: str, batch: int, sizes: Any, speed: Any, state: dict) -> dict
         return side
     params = cfg.autoencoder.params
     kwargs = {"ddconfig": _plain(params.ddconfig), "n_embed": int(params.n_embed), "embed_dim": int(params.embed_dim)}
+    if name == "resshift":
+        from resshift_jax.pipeline import make_restorer
+
+        s = sizes.latent
+        inputs = {"lq": rng.uniform(-1.0, 1.0, (batch, 3, s, s)).astype(np.float32)}
+        unet_kwargs = {k: v for k, v in _plain(cfg.model).items() if k != "dtype"}
+        side = {"kind": "resshift", "inputs": inputs, "compare_outputs": False,
+                "kwargs": {"unet": unet_kwargs, "vq": kwargs, "diffusion": _plain(cfg.diffusion)}}
+        if state is not None:
+            restorer = make_restorer(cfg)
+            part = lambda prefix: {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}  # noqa: E731
+            side["params"] = {"unet": resshift_keys.convert_unet_state_dict(part("unet."), cfg),
+                              "vq": resshift_keys.convert_vq_state_dict(part("vq."), cfg.autoencoder)}
+            key = jax.random.PRNGKey(0)
+            side["fn"] = lambda p, lq: restorer.fn(p["unet"], p["vq"], lq, None, key, None)
+        return side
     shape = (batch, 3, sizes.hq, sizes.hq) if name == "vq_encode" else (batch, int(params.embed_dim), sizes.latent,
                                                                         sizes.latent)
     side = {"kind": name, "kwargs": kwargs, "inputs": {"x": rng.standard_normal(shape, np.float32)}}
@@ -267,13 +300,19 @@ def compare_one(name: str, batch: int, args: Any, sizes: Any, speed: Any) -> dic
             side = our_side(name, batch, sizes, speed, state)
             inputs = tuple(jax.device_put(_nhwc(v)) for v in side["inputs"].values())
             params = jax.device_put(side["params"])
-            compiled = jax.jit(side["fn"]).lower(params, *inputs).compile()  # full optimisation
+            options = speed.compile_options(sizes)  # what the samplers compile with (ircore.compiling)
+            compiled = jax.jit(side["fn"]).lower(params, *inputs).compile(compiler_options=options)
             call_args = (params,) + inputs
             ours = np.transpose(np.asarray(compiled(*call_args), np.float32), (0, 3, 1, 2))
-            diff = float(np.abs(ours - ref).max())
-            scale = float(np.abs(ref).max())
-            row.update(max_abs_diff=diff, max_abs_official=scale, rel_diff=diff / max(scale, 1e-12),
-                       agree=diff / max(scale, 1e-12) < AGREE_REL)
+            if ours.shape != ref.shape:
+                raise RuntimeError(f"output shapes differ: ours {ours.shape}, official {ref.shape}")
+            if side.get("compare_outputs", True):
+                diff = float(np.abs(ours - ref).max())
+                scale = float(np.abs(ref).max())
+                row.update(max_abs_diff=diff, max_abs_official=scale, rel_diff=diff / max(scale, 1e-12),
+                           agree=diff / max(scale, 1e-12) < AGREE_REL)
+            else:  # a sampler: each side draws its own noise, so only the shapes can agree
+                row.update(rel_diff=None, agree=None, agreement="not compared: each side draws its own noise")
             pairs = []
             for i in range(args.pairs):
                 quiet = wait_quiet(threshold, args.quiet_timeout)
@@ -320,7 +359,8 @@ def compare(args: Any, sizes: Any, speed: Any) -> list:
                 continue
             try:
                 row = compare_one(name, batch, args, sizes, speed)
-                print(f"{name:<12} {batch:>3} {row['rel_diff']:>15.2e} {row['ours_s'] * 1e3:>9.2f} "
+                agreement = "-" if row["rel_diff"] is None else f"{row['rel_diff']:.2e}"
+                print(f"{name:<12} {batch:>3} {agreement:>15} {row['ours_s'] * 1e3:>9.2f} "
                       f"{row['official_s'] * 1e3:>11.2f} {row['ratio_ours_over_official']:>13.3f} "
                       f"{'no' if row.get('warnings') else 'yes':>5}", flush=True)
             except Exception as err:  # noqa: BLE001 - recorded, the other entries still run

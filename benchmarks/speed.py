@@ -28,6 +28,11 @@ the FLOPs and bytes are XLA's count plus (trips - 1) x the UNet call's count (sa
 counts are kept as ``xla_flops`` / ``xla_bytes``. Bytes accessed and memory are those of the program compiled
 for this platform (fusion differs between CPU, GPU and TPU).
 
+On the CPU every case compiles with the samplers' tuned XLA options (``ircore.compiling.sampling_options``,
+what ``python -m resshift_jax.sample`` / ``deqir_jax.sample`` run with); ``--xla-defaults`` compiles with XLA's
+own instead, and ``--versus-xla-defaults`` times both compiles of every case interleaved and reports the ratio
+tuned / default and the largest output change.
+
 Roofline ("projection", not a measurement): max(FLOPs / peak, bytes / bandwidth) per call at the published peak
 rates of one H100 SXM (dense bf16 989 TFLOP/s, fp32 67 TFLOP/s, HBM 3.35 TB/s) and one TPU v5e chip (bf16 197
 TFLOP/s, HBM 819 GB/s; the v5e has no published fp32 rate: float32 rows use the bf16 rate, as XLA's default
@@ -91,6 +96,7 @@ class Sizes:
     quick: bool
     timesteps: int
     fast_compile: bool = False  # CPU: XLA compiles with LLVM optimisations off (ircore.compiling)
+    xla_defaults: bool = False  # compile with XLA's own options instead of the samplers' (ircore.compiling)
 
     @property
     def hq(self) -> int:  # ResShift output / VQ image side
@@ -361,9 +367,13 @@ _COSTS: dict = {}
 
 
 def compile_options(sizes: Sizes) -> Optional[dict]:
-    from ircore.compiling import FAST_COMPILE_OPTIONS
+    """What every case compiles with: the samplers' options (as users get them) plus the fast-compile ones."""
+    from ircore.compiling import FAST_COMPILE_OPTIONS, sampling_options
 
-    return dict(FAST_COMPILE_OPTIONS) if sizes.fast_compile and jax.default_backend() == "cpu" else None
+    options = {} if sizes.xla_defaults else (sampling_options() or {})
+    if sizes.fast_compile and jax.default_backend() == "cpu":
+        options.update(FAST_COMPILE_OPTIONS)
+    return options or None
 
 
 def body_costs(name: str, batch: int, dtype: str, sizes: Sizes) -> dict:
@@ -374,6 +384,25 @@ def body_costs(name: str, batch: int, dtype: str, sizes: Sizes) -> dict:
         lowered = jax.jit(case.fn).lower(*case.args)
         _COSTS[key] = compiled_costs(lowered.compile(compiler_options=compile_options(sizes)))
     return _COSTS[key]
+
+
+def versus_xla_defaults(name: str, batch: int, dtype: str, sizes: Sizes, repeats: int) -> dict:
+    """Time ``name`` compiled with the samplers' options and with XLA's own, interleaved call by call."""
+    case = build_case(name, batch, dtype, sizes)
+    args = jax.block_until_ready(jax.device_put(case.args))
+    compiled = {label: jax.jit(case.fn).lower(*args).compile(compiler_options=compile_options(
+        dataclasses.replace(sizes, xla_defaults=label == "xla_default"))) for label in ("tuned", "xla_default")}
+    outs = {label: jax.block_until_ready(c(*args)) for label, c in compiled.items()}
+    times: dict = {label: [] for label in compiled}
+    for _ in range(repeats):
+        for label, c in compiled.items():
+            times[label].extend(timed_calls(c, args, 0, 1))
+    diff = max(float(jnp.max(jnp.abs(jnp.asarray(a, jnp.float32) - jnp.asarray(b, jnp.float32))))
+               for a, b in zip(jax.tree.leaves(outs["tuned"]), jax.tree.leaves(outs["xla_default"])))
+    medians = {label: statistics.median(t) for label, t in times.items()}
+    return {"tuned_s": medians["tuned"], "xla_default_s": medians["xla_default"],
+            "tuned_over_xla_default": medians["tuned"] / medians["xla_default"], "max_abs_output_change": diff,
+            "tuned_times_s": times["tuned"], "xla_default_times_s": times["xla_default"]}
 
 
 def run_case(name: str, batch: int, dtype: str, sizes: Sizes, warmup: int, repeats: int) -> dict:
@@ -459,7 +488,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", default=None, help="JSON (default benchmarks/results/speed_<platform>.json)")
     parser.add_argument("--official", default="", metavar="PATH[,PATH]",
                         help="checkout(s) of openai/guided-diffusion (adm256, adm_small) and/or zsyOAOA/ResShift "
-                             "(swin, vq_encode, vq_decode): also time the official module of each selected network")
+                             "(swin, vq_encode, vq_decode, resshift): also time the official module of each "
+                             "selected network")
+    parser.add_argument("--xla-defaults", action="store_true",
+                        help="compile with XLA's own options instead of the samplers' tuned CPU options")
+    parser.add_argument("--versus-xla-defaults", action="store_true",
+                        help="also time every case compiled with XLA's own options, interleaved with the tuned "
+                             "compile, and report the ratio tuned / XLA default")
     parser.add_argument("--pairs", type=int, default=5, help="--official: interleaved (ours, official) pairs")
     parser.add_argument("--quiet-load", type=float, default=None,
                         help="--official: wait before each pair until the 1-min load average is below this "
@@ -480,17 +515,45 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def versus_rows(args: argparse.Namespace, sizes: Sizes) -> list:
+    """:func:`versus_xla_defaults` for every selected case, printed as a table."""
+    from ircore.compiling import sampling_options
+
+    if not sampling_options():
+        print(f"\n--versus-xla-defaults: no tuned options on {jax.default_backend()}; nothing to compare")
+        return []
+    print(f"\ntuned options {sampling_options()} against XLA's own, interleaved, {args.repeats} calls each")
+    print(f"{'entry':<22} {'B':>3} {'dtype':<8} {'tuned ms':>9} {'default ms':>10} {'tuned/default':>13} "
+          f"{'max|change|':>11}")
+    rows = []
+    for dtype in args.dtypes:
+        for batch in args.batches:
+            for name in args.entries:
+                try:
+                    row = {"name": name, "batch": batch, "dtype": dtype,
+                           **versus_xla_defaults(name, batch, dtype, sizes, args.repeats)}
+                    print(f"{name:<22} {batch:>3} {dtype:<8} {row['tuned_s'] * 1e3:>9.1f} "
+                          f"{row['xla_default_s'] * 1e3:>10.1f} {row['tuned_over_xla_default']:>13.3f} "
+                          f"{row['max_abs_output_change']:>11.1e}", flush=True)
+                except Exception as err:  # noqa: BLE001 - recorded, the other cases still run
+                    row = {"name": name, "batch": batch, "dtype": dtype, "error": f"{type(err).__name__}: {err}"}
+                    print(f"{name:<22} {batch:>3} {dtype:<8} error: {row['error'][:200]}", flush=True)
+                rows.append(row)
+    return rows
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     fast = args.quick if args.fast_compile is None else args.fast_compile
-    sizes = Sizes(quick=args.quick, timesteps=args.timesteps, fast_compile=fast)
+    sizes = Sizes(quick=args.quick, timesteps=args.timesteps, fast_compile=fast, xla_defaults=args.xla_defaults)
     device = jax.devices()[0]
     out_path = pathlib.Path(args.out or REPO / f"benchmarks/results/speed_{device.platform}.json")
     result = {
         "device": f"{jax.device_count()} x {device.device_kind} ({device.platform})", "platform": device.platform,
         "jax_version": jax.__version__, "quick": args.quick, "timesteps": args.timesteps,
         "entries": args.entries, "batches": args.batches, "dtypes": args.dtypes, "repeats": args.repeats,
-        "warmup": args.warmup, "compile_only": args.compile_only, "fast_compile": bool(compile_options(sizes)),
+        "warmup": args.warmup, "compile_only": args.compile_only, "fast_compile": fast and jax.default_backend() == "cpu",
+        "xla_defaults": args.xla_defaults, "compile_options": compile_options(sizes),
         "loadavg_start": list(os.getloadavg()), "peaks": PEAKS,
         "projection_note": "roofline projection max(flops/peak, bytes/bandwidth) per call, not a measurement",
         "rows": [],
@@ -517,6 +580,9 @@ def main(argv=None) -> dict:
                 print(table_line(row), flush=True)
                 files.write_json(out_path, result)
     print("(ms/call: median; 'proj': roofline projection from the FLOPs and bytes, not measured)")
+    if args.versus_xla_defaults and not args.compile_only:
+        result["versus_xla_defaults"] = versus_rows(args, sizes)
+        files.write_json(out_path, result)
     if args.official:
         from benchmarks import official_models
 

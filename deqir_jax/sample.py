@@ -56,7 +56,7 @@ from deqir_jax import anderson, models, presets
 from deqir_jax import operators as ops
 from deqir_jax.restore import ChainSettings, RestoreOutput, make_init_opt_fn, make_restore_fn
 from deqir_jax.results import ImageResult, folder_state, foreign_message, write_result, clean_staging
-from ircore import compile_cache, images, mesh, scoring
+from ircore import compile_cache, compiling, images, mesh, scoring
 
 DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "deqir" / "sr_bicubic_x4.py"
 DEFAULT_CONFIG_ARG = "embedded"
@@ -446,6 +446,7 @@ def main(argv: list[str] | None = None) -> None:
     from ircore import config_cli  # noqa: PLC0415 - CLI only
 
     argv = sys.argv if argv is None else argv
+    compiling.tune_cpu_xla_flags()  # before JAX starts: the measured-faster XLA:CPU setting (ircore.compiling)
     default = f"{DEFAULT_CONFIG}:{DEFAULT_CONFIG_ARG}" if DEFAULT_CONFIG.is_file() else None
     config_cli.define_config_flag("deqir_jax.sample", default=default, argv=argv,
                                   help_string="restoration preset: a name (sr_x4, sr_x4:embedded, deblur_gauss:celeba; "

@@ -10,17 +10,23 @@ read configurations, sizes, key names and tolerances from the sidecars and npz f
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import pathlib
+import shutil
 import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# Command lines run by the tests keep JAX's persistent compilation cache in a temporary folder, not the user's.
-os.environ.setdefault("IRDIFF_COMPILATION_CACHE", tempfile.mkdtemp(prefix="irdiff-test-jax-cache-"))
+# Command lines run by the tests keep JAX's persistent compilation cache in a temporary folder, not the user's;
+# the process that makes it (pytest's main process; xdist workers inherit the variable) removes it at exit.
+if "IRDIFF_COMPILATION_CACHE" not in os.environ:
+    _CACHE = tempfile.mkdtemp(prefix="irdiff-test-jax-cache-")
+    os.environ["IRDIFF_COMPILATION_CACHE"] = _CACHE
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

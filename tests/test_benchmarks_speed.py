@@ -48,6 +48,13 @@ def test_official_kwargs_and_quiet_wait(monkeypatch):
     assert kwargs["image_size"] == 256 and kwargs["num_channels"] == 256 and kwargs["use_fp16"] is False
     assert kwargs["attention_resolutions"] == "32,16,8" and "dtype" not in kwargs
     assert official_models._plain(speed.resshift_config(sizes, "float32").model)["channel_mult"] == [1, 2, 2, 4]
+    # The whole ResShift sampler: both networks' and the diffusion's constructor arguments, LQ input, timing only.
+    side = official_models.our_side("resshift", 2, sizes, speed, None)
+    assert side["kind"] == "resshift" and side["compare_outputs"] is False
+    assert set(side["kwargs"]) == {"unet", "vq", "diffusion"} and side["kwargs"]["diffusion"]["sf"] == 4
+    lq = side["inputs"]["lq"]
+    assert lq.shape == (2, 3, sizes.latent, sizes.latent) and lq.min() >= -1 and lq.max() <= 1
+    json.dumps(side["kwargs"])
     # A busy machine: the wait gives up after the timeout and says so; a quiet one does not wait.
     monkeypatch.setattr(official_models.os, "getloadavg", lambda: (50.0, 50.0, 50.0))
     busy = official_models.wait_quiet(1.0, 0.0)
@@ -83,3 +90,21 @@ def test_quick_run_writes_every_entry(tmp_path):
     # A parallel round is one call over T = 4 rows: about 4x the single-image UNet call.
     assert rows["deqir_round_small"]["flops"] == pytest.approx(4 * rows["adm_small"]["flops"], rel=0.2)
     assert "projection" in proc.stdout  # the table's columns are labelled as projections
+
+
+def test_versus_xla_defaults_times_both_compiles(tmp_path):
+    # The A/B of the samplers' tuned CPU options: both compiles timed, ratio and output change recorded.
+    out = tmp_path / "speed.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks/speed.py"), "--quick", "--only", "adm_small",
+                           "--repeats", "2", "--warmup", "0", "--versus-xla-defaults", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    from ircore.compiling import CPU_SAMPLING_OPTIONS, FAST_COMPILE_OPTIONS
+
+    assert result["compile_options"] == {**CPU_SAMPLING_OPTIONS, **FAST_COMPILE_OPTIONS}
+    (row,) = result["versus_xla_defaults"]
+    assert row["name"] == "adm_small" and len(row["tuned_times_s"]) == len(row["xla_default_times_s"]) == 2
+    assert row["tuned_over_xla_default"] == pytest.approx(row["tuned_s"] / row["xla_default_s"])
+    assert 0 <= row["max_abs_output_change"] < 1e-4
+    assert "tuned/default" in proc.stdout
