@@ -50,7 +50,7 @@ from deqir_jax.restore import make_restore_fn
 from deqir_jax.solver_settings import OFFICIAL_ANDERSON
 from deqir_jax.presets import build_operator, chain_settings_from_config
 from deqir_jax.sample import prepare_image
-from ircore import checkpoints, files, photos, scoring
+from ircore import checkpoints, compiling, files, photos, scoring
 from ircore.config_utils import load_config_file
 from resshift_jax import resize
 from resshift_jax import sample as rsample
@@ -280,6 +280,7 @@ def curve(args, names, score) -> dict:
 
 
 def main() -> None:
+    compiling.tune_cpu_xla_flags()  # time the methods as the sampling command lines run them
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", default=",".join(photos.HELDOUT), help="held-out photo names")
     parser.add_argument("--tasks", default=",".join(DEQIR_TASKS), help="tasks of table 1")
