@@ -11,9 +11,9 @@ FAST_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_e
 
 # XLA:CPU hands only single matmuls to YNNPACK (XLA's default also gives it convolutions with their neighbouring
 # elementwise ops and reductions, which is slower for these networks). Measured interleaved, float32, batch 1,
-# 2-core x86 (benchmarks/speed.py, README): whole ResShift 4-step restoration 0.82x the time of XLA's default,
-# Swin-UNet 0.71x, VQ-f4 decode 0.81x / encode 0.90x, ADM 256 0.87x, ADM 64x64 0.99x. Outputs change by float32
-# rounding only (a few 1e-6).
+# 2-core x86 (benchmarks/speed.py --versus-xla-defaults, benchmarks/results/speed_cpu_official.json): whole
+# ResShift 4-step restoration 0.78x the time of XLA's default, Swin-UNet 0.88x, VQ-f4 encode 0.86x / decode 0.85x,
+# ADM 256 0.84x, ADM 64x64 0.94x. Outputs change by float32 rounding only (at most 9e-6).
 CPU_SAMPLING_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
 
