@@ -20,8 +20,9 @@ How a comparison runs (:func:`compare`), per entry and batch, in float32:
    commands on stdin.
 2. This process converts the state dict with the project's converters (``deqir_jax.convert_keys``,
    ``resshift_jax.convert_keys``: strict, Swin buffers checked), runs our network (float32, compiled as
-   the samplers compile: ``ircore.compiling.sampling_options``) on the same input and records the agreement (max |ours - official| and that over max |official|;
-   ``vq_decode`` quantises, so a latent near a tie between two codes may pick another code on either side).
+   the samplers compile: ``ircore.compiling.sampling_options``) on the same input and records the agreement
+   (max |ours - official| and that over max |official|; ``vq_decode`` quantises, so a latent near a tie between
+   two codes may pick another code on either side).
 3. ``--pairs`` interleaved pairs: wait until the 1-minute load average is below ``--quiet-load`` (at most
    ``--quiet-timeout`` s, else a warning in the JSON), time ours (median of ``--repeats`` calls), then ask the
    worker for the same. The ratio ours / official is the median over pairs of the per-pair ratios.
@@ -124,7 +125,10 @@ def _official_module(kind: str, kwargs: dict):
 def worker(argv: list[str]) -> None:
     import argparse
 
-    import torch
+    try:
+        import torch
+    except ImportError:
+        raise SystemExit("error: the official side needs PyTorch: pip install torch (CPU build is enough)") from None
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--official", required=True)
@@ -138,7 +142,11 @@ def worker(argv: list[str]) -> None:
         sys.path.insert(0, path)
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
-    model, forward = _official_module(args.kind, json.loads(args.kwargs))
+    try:
+        model, forward = _official_module(args.kind, json.loads(args.kwargs))
+    except ImportError as err:  # one line, read by the parent as the row's error
+        raise SystemExit(f"error: cannot import the official {args.kind} code from --official {args.official} "
+                         f"({err}); give a checkout of openai/guided-diffusion or zsyOAOA/ResShift") from None
     model = model.eval()
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -504,6 +504,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--official-device", default="cpu", help="--official: torch device (cpu / cuda)")
     args = parser.parse_args(argv)
     args.entries = _list(args.only, ENTRIES, "entry") if args.only else list(ENTRIES)
+    missing = [p for p in args.official.split(",") if args.official and not pathlib.Path(p).is_dir()]
+    if missing:
+        raise SystemExit(f"error: --official {','.join(missing)} is not a folder; give local checkout(s) of "
+                         "openai/guided-diffusion and/or zsyOAOA/ResShift")
     args.batches = [int(b) for b in (args.batches or ("1" if args.quick else "1,8")).split(",")]
     if any(b < 1 for b in args.batches):
         raise SystemExit("error: --batches must be positive integers")
@@ -552,7 +556,8 @@ def main(argv=None) -> dict:
         "device": f"{jax.device_count()} x {device.device_kind} ({device.platform})", "platform": device.platform,
         "jax_version": jax.__version__, "quick": args.quick, "timesteps": args.timesteps,
         "entries": args.entries, "batches": args.batches, "dtypes": args.dtypes, "repeats": args.repeats,
-        "warmup": args.warmup, "compile_only": args.compile_only, "fast_compile": fast and jax.default_backend() == "cpu",
+        "warmup": args.warmup, "compile_only": args.compile_only,
+        "fast_compile": fast and jax.default_backend() == "cpu",
         "xla_defaults": args.xla_defaults, "compile_options": compile_options(sizes),
         "loadavg_start": list(os.getloadavg()), "peaks": PEAKS,
         "projection_note": "roofline projection max(flops/peak, bytes/bandwidth) per call, not a measurement",

@@ -29,7 +29,7 @@ def test_projection_is_the_roofline_max():
     assert speed.projection(None, 1e9, "float32") == {}
 
 
-def test_flags_are_checked():
+def test_flags_are_checked(tmp_path):
     args = speed.parse_args(["--quick", "--only", "swin,adm256", "--dtypes", "float32,bfloat16"])
     assert args.entries == ["swin", "adm256"] and args.dtypes == ["float32", "bfloat16"]
     assert args.batches == [1] and args.timesteps == 4
@@ -39,6 +39,19 @@ def test_flags_are_checked():
         speed.parse_args(["--only", "swin,nope"])
     with pytest.raises(SystemExit, match="unknown dtype"):
         speed.parse_args(["--dtypes", "float64"])
+    with pytest.raises(SystemExit, match="is not a folder"):
+        speed.parse_args(["--official", str(tmp_path / "missing")])
+
+
+def test_official_worker_without_the_code_says_so_in_one_line(tmp_path):
+    # A folder that is not the official checkout (or no torch): one line naming the problem, no traceback.
+    (tmp_path / "inputs.npz").write_bytes(b"")
+    proc = subprocess.run([sys.executable, official_models.__file__, "worker", "--official", str(tmp_path),
+                           "--kind", "swin", "--kwargs", "{}", "--workdir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: ")
+    assert "official swin code" in proc.stderr or "needs PyTorch" in proc.stderr
 
 
 def test_official_kwargs_and_quiet_wait(monkeypatch):
