@@ -264,7 +264,8 @@ def attention_implementation(dtype: Dtype, head_dim: int) -> str | None:
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float,
                           bias: jax.Array | None = None) -> jax.Array:
-    """softmax(scale * q k^T + bias) v with float32 logits and softmax, through ``jax.nn.dot_product_attention``.
+    """softmax(scale * q k^T + bias) v with float32 logits and softmax, through ``jax.nn.dot_product_attention``
+    (on the CPU without bias: :func:`_cpu_attention`, plain batched matmuls, the same numbers and faster).
 
     Args:
       q, k, v: (B, T, heads, head_dim) (k, v with S tokens), one dtype.
@@ -281,27 +282,40 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: fl
         out = dot_product_attention(q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32),
                                     scale=scale, bias=bias)
         return out.astype(jnp.float16)
-    if implementation == "xla" and q.shape[2] == 1 and bias is None and jax.default_backend() == "cpu":
-        return _single_head_attention(q, k, v, scale)
+    if implementation == "xla" and bias is None and jax.default_backend() == "cpu":
+        return _cpu_attention(q, k, v, scale)
     if bias is not None:  # XLA adds it to the float32 logits; cuDNN wants it in the input dtype
         bias = bias.astype(q.dtype if implementation == "cudnn" else jnp.float32)
     return jax.nn.dot_product_attention(q, k, v, bias=bias, scale=scale, implementation=implementation)
 
 
-def _single_head_attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float) -> jax.Array:
-    """One-head attention as two plain batched matmuls (XLA:CPU): (B, T, 1, D) q and (B, S, 1, D) k, v.
+# Above this many logits per head, the CPU path loops over heads so that one head's (T, S) weights stay in cache.
+PER_HEAD_LOGITS = 512 * 512
 
-    The head axis is dropped so that neither matmul needs a transposed copy of the (T, S) weights, and the softmax
-    division is applied to the (T, D) output instead of the (T, S) weights (one pass less over them). The same
-    arithmetic as softmax-then-matmul up to float32 rounding; 20-30 % faster for the VQ autoencoder's 4096-token
-    mid-block attention on CPU.
+
+def _cpu_attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float) -> jax.Array:
+    """Attention without bias as plain batched matmuls (XLA:CPU): (B, T, heads, D) q and (B, S, heads, D) k, v.
+
+    Heads go in front of the tokens, so that neither matmul needs a transposed copy of the (T, S) weights, and the
+    softmax division is applied to the (T, D) output instead of the (T, S) weights (one pass less over them). With
+    more than :data:`PER_HEAD_LOGITS` logits per head the heads run one after another (their weights then stay in
+    cache). The same arithmetic as softmax-then-matmul up to float32 rounding. Measured against
+    ``jax.nn.dot_product_attention``'s XLA path on a 2-core x86 CPU: 2.2x faster at 1024 tokens x 8 heads (ADM 256 at
+    32x32), 1.7x at 256 x 16, 1.1x at 64 x 16; 20-30 % faster for the VQ autoencoder's 4096-token single head.
     """
-    q3, k3, v3 = q[:, :, 0], k[:, :, 0], v[:, :, 0]
-    logits = jnp.einsum("btd,bsd->bts", q3, k3, preferred_element_type=jnp.float32) * scale
-    weights = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)))
-    out = jnp.einsum("bts,bsd->btd", weights.astype(v.dtype), v3, preferred_element_type=jnp.float32)
-    out = out / jnp.sum(weights, axis=-1, keepdims=True)
-    return out.astype(q.dtype)[:, :, None]
+    def heads_first(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+        q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))  # (B, heads, tokens, D)
+        logits = jnp.einsum("bhtd,bhsd->bhts", q, k, preferred_element_type=jnp.float32) * scale
+        weights = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)))
+        out = jnp.einsum("bhts,bhsd->bhtd", weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
+        out = out / jnp.sum(weights, axis=-1, keepdims=True)
+        return jnp.swapaxes(out, 1, 2).astype(q.dtype)
+
+    heads = q.shape[2]
+    if heads == 1 or q.shape[1] * k.shape[1] <= PER_HEAD_LOGITS:
+        return heads_first(q, k, v)
+    per_head = [heads_first(q[:, :, i:i + 1], k[:, :, i:i + 1], v[:, :, i:i + 1]) for i in range(heads)]
+    return jnp.concatenate(per_head, axis=2)
 
 
 def qkv_attention(qkv: jax.Array, num_heads: int, *, legacy_order: bool) -> jax.Array:

@@ -216,11 +216,13 @@ def test_dot_product_attention_equals_explicit_softmax(with_bias):
     np.testing.assert_allclose(np.asarray(half, np.float32), expected, atol=0.05)
 
 
-@pytest.mark.parametrize("batch, tokens", [(1, 64), (2, 300)])
-def test_single_head_attention_equals_explicit_softmax(batch, tokens):
-    # One head without bias (the VQ autoencoder's attention) takes the two-matmul CPU path: same numbers.
+@pytest.mark.parametrize("batch, tokens, heads", [(1, 64, 1), (2, 300, 1), (2, 300, 3), (1, 600, 2)])
+def test_cpu_attention_equals_explicit_softmax(batch, tokens, heads):
+    # Attention without bias takes the plain-matmul CPU path (heads first; one head at a time above
+    # PER_HEAD_LOGITS logits, as the last case): the same numbers as the explicit softmax and as jax.nn.
+    assert 600 * 600 > layers.PER_HEAD_LOGITS >= 300 * 300
     rng = np.random.default_rng(12)
-    q, k, v = (rng.normal(size=(batch, tokens, 1, 32)).astype(np.float32) for _ in range(3))
+    q, k, v = (rng.normal(size=(batch, tokens, heads, 32)).astype(np.float32) for _ in range(3))
     got = layers.dot_product_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), scale=32 ** -0.5)
     expected = _softmax_attention_ref(*(a.astype(np.float64) for a in (q, k, v)), 32 ** -0.5, None)
     assert got.shape == q.shape and got.dtype == jnp.float32
