@@ -5,8 +5,8 @@ heads, GroupNorm32 + SiLU, a 3x3 conv) at the shapes they have inside the networ
 as the samplers compile (``ircore.compiling``). With ``--official PATH`` (a checkout of openai/guided-diffusion, torch
 installed; nothing of it is committed) the same blocks of guided-diffusion run in this process too, interleaved in
 ``--pairs`` pairs of ``--repeats`` calls, and the ratio ours / official is the median of the per-pair ratios. Start it
-with the glibc settings the official comparison uses (``MALLOC_TRIM_THRESHOLD_=4294967296 MALLOC_TOP_PAD_=1073741824``)
-for the same baseline as ``speed.py --official``.
+with the glibc settings the official comparison uses (``official_models.MALLOC_ENV``: ``MALLOC_MMAP_THRESHOLD_=4294967296
+MALLOC_TRIM_THRESHOLD_=4294967296 MALLOC_TOP_PAD_=1073741824``) for the same baseline as ``speed.py --official``.
 
     python benchmarks/blocks.py                                   # ours only, the ADM 256 shapes
     python benchmarks/blocks.py --official /path/to/guided-diffusion --cases res:256:256:256,conv:256:256:256
@@ -17,6 +17,7 @@ channels). Prints a table and writes JSON (default benchmarks/results/blocks_<pl
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import pathlib
 import statistics
@@ -123,16 +124,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", default=None, help="JSON (default benchmarks/results/blocks_<platform>.json)")
     args = parser.parse_args(argv)
     args.cases = [parse_case(c) for c in args.cases.split(",") if c.strip()]
+    if not args.cases:
+        raise SystemExit("error: --cases is empty; give kind:size:in_channels:out_channels, e.g. res:64:512:512")
     if args.pairs < 1 or args.repeats < 1:
         raise SystemExit("error: --pairs and --repeats must be >= 1")
     if args.official:
         if not pathlib.Path(args.official, "guided_diffusion").is_dir():
             raise SystemExit(f"error: --official {args.official} has no guided_diffusion folder; give a checkout of "
                              "openai/guided-diffusion")
-        try:
-            import torch  # noqa: F401 - only whether it is installed
-        except ImportError:
-            raise SystemExit("error: --official needs PyTorch: pip install torch (CPU build is enough)") from None
+        if importlib.util.find_spec("torch") is None:
+            raise SystemExit("error: --official needs PyTorch: pip install torch (CPU build is enough)")
         sys.path.insert(0, str(pathlib.Path(args.official).resolve()))
     return args
 

@@ -504,7 +504,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--official-device", default="cpu", help="--official: torch device (cpu / cuda)")
     args = parser.parse_args(argv)
     args.entries = _list(args.only, ENTRIES, "entry") if args.only else list(ENTRIES)
-    missing = [p for p in args.official.split(",") if args.official and not pathlib.Path(p).is_dir()]
+    missing = [p for p in (args.official.split(",") if args.official else []) if not pathlib.Path(p).is_dir()]
     if missing:
         raise SystemExit(f"error: --official {','.join(missing)} is not a folder; give local checkout(s) of "
                          "openai/guided-diffusion and/or zsyOAOA/ResShift")

@@ -21,6 +21,8 @@ def test_cases_are_checked(tmp_path):
                          ("conv:8:33:32", "multiples of 32")):
         with pytest.raises(SystemExit, match=message):
             blocks.parse_case(bad)
+    with pytest.raises(SystemExit, match="--cases is empty"):
+        blocks.parse_args(["--cases", ","])
     with pytest.raises(SystemExit, match="no guided_diffusion folder"):
         blocks.parse_args(["--official", str(tmp_path)])
 
