@@ -11,8 +11,8 @@ MALLOC_TRIM_THRESHOLD_=4294967296 MALLOC_TOP_PAD_=1073741824``) for the same bas
     python benchmarks/blocks.py                                   # ours only, the ADM 256 shapes
     python benchmarks/blocks.py --official /path/to/guided-diffusion --cases res:256:256:256,conv:256:256:256
 
-A case is ``kind:size:in_channels:out_channels`` with kind one of res, attn, gn, conv (gn and attn keep the
-channels). Prints a table and writes JSON (default benchmarks/results/blocks_<platform>.json).
+A case is ``kind:size:in_channels:out_channels[:batch]`` with kind one of res, attn, gn, conv (gn and attn keep
+the channels; batch 1 unless given: ``conv:128:256:256:4`` has the pixels of ``conv:256:256:256``). Prints a table and writes JSON (default benchmarks/results/blocks_<platform>.json).
 """
 from __future__ import annotations
 
@@ -31,27 +31,35 @@ sys.path.insert(0, str(REPO))
 from ircore import compiling  # noqa: E402
 
 KINDS = ("res", "attn", "gn", "conv")
+GLIBC_ENV_NAMES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_ARENA_MAX", "GLIBC_TUNABLES")
 EMB = 1024  # ADM 256's embedding width (4 x 256 channels)
 ADM256_CASES = ("res:256:256:256,res:256:512:256,res:128:256:256,res:64:512:512,res:32:512:512,res:16:1024:1024,"
                 "attn:32:512:512,attn:16:1024:1024,attn:8:1024:1024,conv:256:256:256,gn:256:256:256,gn:128:256:256")
 
 
-def parse_case(text: str) -> tuple[str, int, int, int]:
+def parse_case(text: str) -> tuple[str, int, int, int, int]:
+    """``kind:size:in:out[:batch]`` -> (kind, size, in, out, batch)."""
     parts = text.split(":")
-    if len(parts) != 4 or parts[0] not in KINDS or not all(p.isdigit() and int(p) > 0 for p in parts[1:]):
-        raise SystemExit(f"error: case {text!r} is not kind:size:in_channels:out_channels with kind in "
-                         f"{', '.join(KINDS)} and positive sizes (e.g. res:64:512:512)")
+    if (len(parts) not in (4, 5) or parts[0] not in KINDS
+            or not all(p.isdigit() and int(p) > 0 for p in parts[1:])):
+        raise SystemExit(f"error: case {text!r} is not kind:size:in_channels:out_channels[:batch] with kind in "
+                         f"{', '.join(KINDS)} and positive sizes (e.g. res:64:512:512 or conv:128:256:256:4)")
     kind, size, cin, cout = parts[0], int(parts[1]), int(parts[2]), int(parts[3])
+    batch = int(parts[4]) if len(parts) == 5 else 1
     if cin % 32 or cout % 32:
         raise SystemExit(f"error: case {text!r}: channels must be multiples of 32 (GroupNorm32)")
     if kind in ("attn", "gn") and cin != cout:
         raise SystemExit(f"error: case {text!r}: {kind} keeps its channels; give in_channels == out_channels")
     if kind == "attn" and cin % 64:
         raise SystemExit(f"error: case {text!r}: attention uses 64-channel heads; channels must divide by 64")
-    return kind, size, cin, cout
+    return kind, size, cin, cout, batch
 
 
-def ours(kind: str, size: int, cin: int, cout: int, seed: int = 0) -> tuple[Callable[[], Any], dict]:
+def case_name(kind: str, size: int, cin: int, cout: int, batch: int) -> str:
+    return f"{kind}:{size}:{cin}:{cout}" + (f":{batch}" if batch != 1 else "")
+
+
+def ours(kind: str, size: int, cin: int, cout: int, batch: int = 1, seed: int = 0) -> tuple[Callable[[], Any], dict]:
     """A zero-argument call of our block (compiled) and its NHWC inputs as numpy arrays."""
     import jax
     import jax.numpy as jnp
@@ -61,9 +69,9 @@ def ours(kind: str, size: int, cin: int, cout: int, seed: int = 0) -> tuple[Call
     from ircore import layers
 
     rng = np.random.default_rng(seed)
-    inputs = {"x": rng.standard_normal((1, size, size, cin), np.float32)}
+    inputs = {"x": rng.standard_normal((batch, size, size, cin), np.float32)}
     if kind == "res":
-        inputs["emb"] = rng.standard_normal((1, EMB), np.float32)
+        inputs["emb"] = rng.standard_normal((batch, EMB), np.float32)
         module = layers.ResBlock(out_channels=cout, use_scale_shift_norm=True)
     elif kind == "attn":
         module = layers.AttentionBlock(num_head_channels=64)
@@ -117,7 +125,7 @@ def median_time(call: Callable[[], Any], repeats: int) -> float:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", default=ADM256_CASES, help="comma-separated kind:size:in:out (default: ADM 256's)")
+    parser.add_argument("--cases", default=ADM256_CASES, help="comma-separated kind:size:in:out[:batch] (default: ADM 256's)")
     parser.add_argument("--official", default="", help="checkout of openai/guided-diffusion (torch needed)")
     parser.add_argument("--pairs", type=int, default=3, help="interleaved (ours, official) pairs")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per side and pair (median)")
@@ -148,11 +156,12 @@ def main(argv=None) -> dict:
     platform = jax.devices()[0].platform
     out = pathlib.Path(args.out or REPO / f"benchmarks/results/blocks_{platform}.json")
     result: dict = {"platform": platform, "jax_version": jax.__version__, "official": args.official or None,
-                    "pairs": args.pairs, "repeats": args.repeats, "loadavg_start": list(os.getloadavg()), "rows": []}
+                    "pairs": args.pairs, "repeats": args.repeats, "loadavg_start": list(os.getloadavg()),
+                    "glibc_env": {k: os.environ.get(k) for k in GLIBC_ENV_NAMES}, "rows": []}
     print(f"{'case':<20} {'ours ms':>9} {'official ms':>11} {'ours/official':>13}  pairs")
-    for kind, size, cin, cout in args.cases:
-        name = f"{kind}:{size}:{cin}:{cout}"
-        ours_call, inputs = ours(kind, size, cin, cout)
+    for kind, size, cin, cout, batch in args.cases:
+        name = case_name(kind, size, cin, cout, batch)
+        ours_call, inputs = ours(kind, size, cin, cout, batch)
         off_call = official(kind, cin, cout, inputs) if args.official else None
         for call in filter(None, (ours_call, off_call)):
             call()  # warm-up
