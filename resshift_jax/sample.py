@@ -373,7 +373,7 @@ def _restore_jobs(cfg, restorer, jobs, references, networks, out_dir, *, progres
     names of the inputs that failed in a folder run).
 
     Everything that can fail for an input is checked before its restoration; a single image is checked before
-    the networks are loaded. Ctrl-C raises :class:`Interrupted`; every output is written atomically."""
+    the networks are loaded, which are not loaded when every output exists. Ctrl-C raises :class:`Interrupted`; every output is written atomically."""
     single = not pathlib.Path(cfg.input).is_dir()
     sf = restorer.sf
     refs = [None] * len(jobs) if references is None else references
@@ -381,7 +381,9 @@ def _restore_jobs(cfg, restorer, jobs, references, networks, out_dir, *, progres
     if single and not (jobs[0][2].exists() and not cfg.overwrite):
         preloaded[0] = read_inputs(jobs[0], refs[0], sf)  # a bad input before the slow loading and compilation
     check_output_folder(pathlib.Path(out_dir))
-    unet_params, vq_params = load_networks(cfg) if networks is None else networks
+    if networks is None and (cfg.overwrite or not all(dst.exists() for _, _, dst in jobs)):
+        networks = load_networks(cfg)  # a rerun with every output written loads nothing
+    unet_params, vq_params = networks if networks is not None else (None, None)
     written, failed, skipped, scores = [], [], [], {}
     indices: Iterable[int] = range(len(jobs))
     if progress:

@@ -59,7 +59,8 @@ def test_restore_lq_images_folder_seed_skip_reference_and_errors(tiny, tmp_path)
     # Existing outputs are kept (skipped) unless overwrite.
     (out / "coffee.png").write_bytes(b"old")
     (src / "broken.png").unlink()
-    assert sample.restore_lq_images(cfg, progress=False, log=messages.append)["written"] == []
+    nowhere = _copy(cfg, unet_checkpoint=str(tmp_path / "gone"), autoencoder_checkpoint=str(tmp_path / "gone"))
+    assert sample.restore_lq_images(nowhere, progress=False, log=messages.append)["written"] == []  # loads nothing
     assert (out / "coffee.png").read_bytes() == b"old" and "skipped 2" in messages[-1]
     cfg.overwrite = True
     cfg.reference = str(tmp_path / "gt")  # ground truth of LQ inputs: same-named files, scores in metrics.json
