@@ -5,14 +5,16 @@ heads, GroupNorm32 + SiLU, a 3x3 conv) at the shapes they have inside the networ
 as the samplers compile (``ircore.compiling``). With ``--official PATH`` (a checkout of openai/guided-diffusion, torch
 installed; nothing of it is committed) the same blocks of guided-diffusion run in this process too, interleaved in
 ``--pairs`` pairs of ``--repeats`` calls, and the ratio ours / official is the median of the per-pair ratios. Start it
-with the glibc settings the official comparison uses (``official_models.MALLOC_ENV``: ``MALLOC_MMAP_THRESHOLD_=4294967296
-MALLOC_TRIM_THRESHOLD_=4294967296 MALLOC_TOP_PAD_=1073741824``) for the same baseline as ``speed.py --official``.
+with the glibc settings the official comparison uses (``official_models.MALLOC_ENV``:
+``MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296 MALLOC_TOP_PAD_=1073741824``) for the same
+baseline as ``speed.py --official``.
 
     python benchmarks/blocks.py                                   # ours only, the ADM 256 shapes
     python benchmarks/blocks.py --official /path/to/guided-diffusion --cases res:256:256:256,conv:256:256:256
 
 A case is ``kind:size:in_channels:out_channels[:batch]`` with kind one of res, attn, gn, conv (gn and attn keep
-the channels; batch 1 unless given: ``conv:128:256:256:4`` has the pixels of ``conv:256:256:256``). Prints a table and writes JSON (default benchmarks/results/blocks_<platform>.json).
+the channels; batch 1 unless given: ``conv:128:256:256:4`` has the pixels of ``conv:256:256:256``). Prints a table
+and writes JSON (default benchmarks/results/blocks_<platform>.json) with the glibc settings the run had.
 """
 from __future__ import annotations
 
@@ -28,10 +30,11 @@ from typing import Any, Callable
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.official_models import MALLOC_ENV  # noqa: E402
 from ircore import compiling  # noqa: E402
 
 KINDS = ("res", "attn", "gn", "conv")
-GLIBC_ENV_NAMES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_ARENA_MAX", "GLIBC_TUNABLES")
+GLIBC_ENV_NAMES = (*MALLOC_ENV, "MALLOC_ARENA_MAX", "GLIBC_TUNABLES")  # recorded in the JSON
 EMB = 1024  # ADM 256's embedding width (4 x 256 channels)
 ADM256_CASES = ("res:256:256:256,res:256:512:256,res:128:256:256,res:64:512:512,res:32:512:512,res:16:1024:1024,"
                 "attn:32:512:512,attn:16:1024:1024,attn:8:1024:1024,conv:256:256:256,gn:256:256:256,gn:128:256:256")
@@ -125,7 +128,8 @@ def median_time(call: Callable[[], Any], repeats: int) -> float:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", default=ADM256_CASES, help="comma-separated kind:size:in:out[:batch] (default: ADM 256's)")
+    parser.add_argument("--cases", default=ADM256_CASES,
+                        help="comma-separated kind:size:in:out[:batch] (default: ADM 256's)")
     parser.add_argument("--official", default="", help="checkout of openai/guided-diffusion (torch needed)")
     parser.add_argument("--pairs", type=int, default=3, help="interleaved (ours, official) pairs")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per side and pair (median)")
@@ -133,7 +137,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.cases = [parse_case(c) for c in args.cases.split(",") if c.strip()]
     if not args.cases:
-        raise SystemExit("error: --cases is empty; give kind:size:in_channels:out_channels, e.g. res:64:512:512")
+        raise SystemExit("error: --cases is empty; give kind:size:in_channels:out_channels[:batch], "
+                         "e.g. res:64:512:512")
     if args.pairs < 1 or args.repeats < 1:
         raise SystemExit("error: --pairs and --repeats must be >= 1")
     if args.official:

@@ -373,7 +373,8 @@ def _restore_jobs(cfg, restorer, jobs, references, networks, out_dir, *, progres
     names of the inputs that failed in a folder run).
 
     Everything that can fail for an input is checked before its restoration; a single image is checked before
-    the networks are loaded, which are not loaded when every output exists. Ctrl-C raises :class:`Interrupted`; every output is written atomically."""
+    the networks are loaded, and nothing is loaded when every output exists. Ctrl-C raises :class:`Interrupted`;
+    every output is written atomically."""
     single = not pathlib.Path(cfg.input).is_dir()
     sf = restorer.sf
     refs = [None] * len(jobs) if references is None else references

@@ -17,7 +17,8 @@ def test_cases_are_checked(tmp_path):
     assert blocks.parse_case("res:64:512:256") == ("res", 64, 512, 256, 1)
     assert blocks.parse_case("conv:128:256:256:4") == ("conv", 128, 256, 256, 4)
     assert len(blocks.parse_args([]).cases) == len(blocks.ADM256_CASES.split(","))
-    for bad, message in (("ffn:8:32:32", "kind:size"), ("res:8:32", "kind:size"), ("res:0:32:32", "kind:size"), ("conv:8:32:32:0", "kind:size"), ("conv:8:32:32:2:1", "kind:size"),
+    for bad, message in (("ffn:8:32:32", "kind:size"), ("res:8:32", "kind:size"), ("res:0:32:32", "kind:size"),
+                         ("conv:8:32:32:0", "kind:size"), ("conv:8:32:32:2:1", "kind:size"),
                          ("gn:8:32:64", "keeps its channels"), ("attn:8:96:96", "divide by 64"),
                          ("conv:8:33:32", "multiples of 32")):
         with pytest.raises(SystemExit, match=message):

@@ -38,4 +38,4 @@ def test_dry_run_keeps_to_its_budget_and_reports_every_step(tmp_path):
     assert (out / "speed.log").exists()
     for saved in out.glob("*.json"):  # whatever a cut step left is whole JSON
         json.loads(saved.read_text())
-    assert {p.parent for p in out.rglob("*")} <= {out}  # nothing written outside OUT_DIR's own level
+    assert {p.parent for p in out.rglob("*")} <= {out}  # flat: every file directly in OUT_DIR, no subfolders
